@@ -1,0 +1,1 @@
+"""Everything about the model: export, runtimes, decoding and the tagger backends."""

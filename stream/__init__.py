@@ -1,0 +1,1 @@
+"""Everything about subtitle lines and events moving through the tagger."""
