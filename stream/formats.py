@@ -19,18 +19,21 @@ A cue without an end lasts :data:`DEFAULT_DURATION_MS` too.
 from __future__ import annotations
 
 import csv
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal, TextIO
 
 from stream.errors import ConfigError
 from stream.schema import ActionEvent, Event, MusicEvent, SpeechEvent, encode_str
-from stream.timecode import parse_clock_ms, parse_fps
+from stream.timecode import FrameRate, format_clock_ms, parse_clock_ms, parse_fps
 
 __all__ = [
     "CSV_COLUMNS",
     "DEFAULT_DURATION_MS",
+    "EDL_COLORS",
     "FORMATS",
+    "PREMIERE_COLUMNS",
     "LineClock",
     "TaggedLine",
     "Timing",
@@ -175,12 +178,265 @@ def _write_csv(lines: Iterable[TaggedLine], out: TextIO) -> None:
         out.flush()
 
 
+# --- collected formats: subtitles and editor markers ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Placed:
+    line: TaggedLine
+    timing: Timing
+
+
+def _place_all(lines: Iterable[TaggedLine]) -> list[_Placed]:
+    clock = LineClock()
+    return [_Placed(line, clock.place(line)) for line in lines]
+
+
+def _one_line(text: str) -> str:
+    # Subtitle cues and marker fields are single-line records: a newline or tab inside an
+    # event field would end the record early.
+    return " ".join(text.split())
+
+
+def _kind(event: Event) -> str:
+    # The wire tag ("speech", "music", "action") of the event's struct.
+    tag = type(event).__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
+def _marker_name(event: Event) -> str:
+    match event:
+        case SpeechEvent():
+            return f"speech: {_one_line(event.speaker) or '(unknown speaker)'}"
+        case MusicEvent():
+            return f"music: {_one_line(event.cue)}"
+        case ActionEvent():
+            return f"action: {_one_line(event.cue)}"
+
+
+def _marker_description(event: Event) -> str:
+    match event:
+        case SpeechEvent():
+            status = f"（{event.status}）" if event.status else ""
+            return _one_line(f"{event.speaker}{status}：{event.text}")
+        case MusicEvent():
+            return _one_line(f"type: {event.type or '-'}; mood: {event.mood or '-'}")
+        case ActionEvent():
+            return _one_line(f"action: {event.action or '-'}")
+
+
+def _vtt_escape(text: str) -> str:
+    # WebVTT cue text: '&' and '<' start entities/tags; escaping '>' also rules out "-->".
+    return _one_line(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _vtt_cue_text(placed: _Placed) -> str:
+    if not placed.line.events:
+        return _vtt_escape(placed.line.text) or "&nbsp;"
+    rows = []
+    for event in placed.line.events:
+        match event:
+            case SpeechEvent():
+                text = _vtt_escape(event.text)
+                speaker = _vtt_escape(event.speaker)
+                rows.append(f"<v {speaker}>{text}</v>" if speaker else text)
+            case MusicEvent() | ActionEvent():
+                rows.append(f"[{_vtt_escape(event.cue)}]")
+    return "\n".join(rows)
+
+
+def _write_vtt(lines: Iterable[TaggedLine], out: TextIO) -> None:
+    placed = _place_all(lines)
+    out.write("WEBVTT - subtag\n\n")
+    # The tags go in one NOTE block before the first cue, one schema JSON event per row (its
+    # ``seq`` names the cue's line): NOTE blocks between cues are valid WebVTT, but common
+    # parsers (pysubs2 among them) glue them onto the previous cue's text.
+    rows = [
+        encode_str(event).replace("-->", "--\\u003e")  # a NOTE must not contain "-->"
+        for item in placed
+        for event in item.line.events
+    ]
+    if rows:
+        out.write("NOTE subtag events (JSON, one per row; seq = cue line)\n")
+        out.write("\n".join(rows))
+        out.write("\n\n")
+    for item in placed:
+        start = format_clock_ms(item.timing.start_ms)
+        end = format_clock_ms(item.timing.end_ms)
+        out.write(f"{start} --> {end}\n{_vtt_cue_text(item)}\n\n")
+
+
+def _srt_tag(event: Event) -> str:
+    match event:
+        case SpeechEvent():
+            head = f"[SPEECH: {_one_line(event.speaker)}"
+            if event.status:
+                head += f" | status: {_one_line(event.status)}"
+            return f"{head}] {_one_line(event.text)}"
+        case MusicEvent():
+            parts = [f"MUSIC: {_one_line(event.cue)}"]
+            if event.type:
+                parts.append(f"type: {_one_line(event.type)}")
+            if event.mood:
+                parts.append(f"mood: {_one_line(event.mood)}")
+            return f"[{' | '.join(parts)}]"
+        case ActionEvent():
+            parts = [f"ACTION: {_one_line(event.cue)}"]
+            if event.action:
+                parts.append(f"action: {_one_line(event.action)}")
+            return f"[{' | '.join(parts)}]"
+
+
+def _write_srt(lines: Iterable[TaggedLine], out: TextIO) -> None:
+    for number, item in enumerate(_place_all(lines), start=1):
+        start = format_clock_ms(item.timing.start_ms, ",")
+        end = format_clock_ms(item.timing.end_ms, ",")
+        rows = [_srt_tag(event) for event in item.line.events] or [_one_line(item.line.text) or "…"]
+        body = "\n".join(rows)
+        out.write(f"{number}\n{start} --> {end}\n{body}\n\n")
+
+
+@dataclass(frozen=True, slots=True)
+class _Marker:
+    event: Event
+    start_frame: int
+    frames: int  # at least one: a zero-length marker is invisible in every editor
+
+
+def _markers(lines: Iterable[TaggedLine], rate: FrameRate) -> list[_Marker]:
+    markers: list[_Marker] = []
+    for item in _place_all(lines):
+        start = rate.frames_at_ms(item.timing.start_ms)
+        frames = max(1, rate.frames_at_ms(item.timing.end_ms) - start)
+        markers.extend(_Marker(event, start, frames) for event in item.line.events)
+    return markers
+
+
+PREMIERE_COLUMNS: Final = ("Marker Name", "Description", "In", "Out", "Duration", "Marker Type")
+"""The header of Premiere Pro's marker list (File > Export > Markers, tab-delimited)."""
+
+
+def _write_premiere(lines: Iterable[TaggedLine], out: TextIO, rate: FrameRate) -> None:
+    writer = csv.writer(out, delimiter="\t", lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+    writer.writerow(PREMIERE_COLUMNS)
+    for marker in _markers(lines, rate):
+        writer.writerow(
+            (
+                _marker_name(marker.event),
+                _marker_description(marker.event),
+                rate.timecode(marker.start_frame),
+                rate.timecode(marker.start_frame + marker.frames),
+                rate.timecode(marker.frames),
+                "Comment",
+            )
+        )
+
+
+EDL_COLORS: Final = {
+    "speech": "ResolveColorBlue",
+    "music": "ResolveColorPurple",
+    "action": "ResolveColorYellow",
+}
+"""The Resolve marker colour of each event kind."""
+
+
+def _write_edl(lines: Iterable[TaggedLine], out: TextIO, rate: FrameRate) -> None:
+    out.write("TITLE: subtag markers\n")
+    out.write(f"FCM: {'DROP FRAME' if rate.drop_frame else 'NON-DROP FRAME'}\n\n")
+    # Resolve keeps one timeline marker per frame: a second event on a taken frame (speech
+    # and a cue of the same line) moves to the next free frame instead of replacing the first.
+    taken: set[int] = set()
+    for number, marker in enumerate(_markers(lines, rate), start=1):
+        frame = marker.start_frame
+        while frame in taken:
+            frame += 1
+        taken.add(frame)
+        tc_in, tc_out = rate.timecode(frame), rate.timecode(frame + 1)
+        name = _marker_name(marker.event).replace("|", "/")  # '|' separates the note fields
+        kind = _kind(marker.event)
+        out.write(f"{number:03d}  001      V     C        {tc_in} {tc_out} {tc_in} {tc_out}\n")
+        out.write(f" |C:{EDL_COLORS[kind]} |M:{name} |D:{marker.frames}\n\n")
+
+
+_FCP_FORMAT_NAMES: Final = {
+    "23.976": "2398",
+    "24": "24",
+    "25": "25",
+    "29.97": "2997",
+    "29.97ndf": "2997",
+    "30": "30",
+    "50": "50",
+    "59.94": "5994",
+    "60": "60",
+}
+
+
+def _write_fcpxml(lines: Iterable[TaggedLine], out: TextIO, rate: FrameRate) -> None:
+    markers = _markers(lines, rate)
+    total = max((m.start_frame + m.frames for m in markers), default=1)
+    root = ET.Element("fcpxml", version="1.10")
+    resources = ET.SubElement(root, "resources")
+    ET.SubElement(
+        resources,
+        "format",
+        id="r1",
+        name=f"FFVideoFormat1080p{_FCP_FORMAT_NAMES[rate.name]}",
+        frameDuration=rate.rational(1),
+        width="1920",
+        height="1080",
+    )
+    event = ET.SubElement(ET.SubElement(root, "library"), "event", name="subtag")
+    project = ET.SubElement(event, "project", name="subtag markers")
+    sequence = ET.SubElement(
+        project,
+        "sequence",
+        format="r1",
+        duration=rate.rational(total),
+        tcStart="0s",
+        tcFormat="DF" if rate.drop_frame else "NDF",
+    )
+    # Markers need a parent clip on the timeline: one gap spanning every marker.
+    gap = ET.SubElement(
+        ET.SubElement(sequence, "spine"),
+        "gap",
+        name="subtag",
+        offset="0s",
+        start="0s",
+        duration=rate.rational(total),
+    )
+    for marker in markers:
+        ET.SubElement(
+            gap,
+            "marker",
+            start=rate.rational(marker.start_frame),
+            duration=rate.rational(marker.frames),
+            value=_marker_name(marker.event),
+            note=_marker_description(marker.event),
+        )
+    ET.indent(root, space="    ")
+    out.write('<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE fcpxml>\n\n')
+    out.write(ET.tostring(root, encoding="unicode"))
+    out.write("\n")
+
+
 _Writer = Callable[[Iterable[TaggedLine], TextIO], None]
+_TimecodedWriter = Callable[[Iterable[TaggedLine], TextIO, FrameRate], None]
 
-_STREAMING: Final[dict[str, _Writer]] = {"jsonl": _write_jsonl, "csv": _write_csv}
+_UNTIMED: Final[dict[str, _Writer]] = {
+    "jsonl": _write_jsonl,
+    "csv": _write_csv,
+    "vtt": _write_vtt,
+    "srt": _write_srt,
+}
+_TIMECODED: Final[dict[str, _TimecodedWriter]] = {
+    "premiere": _write_premiere,
+    "edl": _write_edl,
+    "fcpxml": _write_fcpxml,
+}
 
-FORMATS: Final[tuple[str, ...]] = tuple(_STREAMING)
-"""Every ``--format`` name, in the order the help lists them."""
+FORMATS: Final[tuple[str, ...]] = (*_UNTIMED, *_TIMECODED)
+"""Every ``--format`` name, in the order the help lists them (streaming ones first)."""
 
 
 def write_events(lines: Iterable[TaggedLine], fmt: str, out: TextIO, *, fps: str = "25") -> None:
@@ -189,14 +445,18 @@ def write_events(lines: Iterable[TaggedLine], fmt: str, out: TextIO, *, fps: str
     Args:
         lines: The tagged lines, in order; consumed lazily by the streaming formats.
         fmt: One of :data:`FORMATS`.
-        out: Where to write (text mode; for ``csv`` open files with ``newline=""``).
-        fps: Frame rate for timecoded formats (see :data:`stream.timecode.FPS_CHOICES`).
+        out: Where to write (text mode; for ``csv`` and ``premiere`` open files with
+            ``newline=""``).
+        fps: Frame rate of the timecoded formats (``premiere``, ``edl``, ``fcpxml``); see
+            :data:`stream.timecode.FPS_CHOICES`. Checked for every format.
 
     Raises:
         ConfigError: Unknown format or frame rate.
     """
-    parse_fps(fps)  # a bad --fps fails before any output, whatever the format
-    writer = _STREAMING.get(fmt)
-    if writer is None:
+    rate = parse_fps(fps)  # a bad --fps fails before any output, whatever the format
+    if fmt in _UNTIMED:
+        _UNTIMED[fmt](lines, out)
+    elif fmt in _TIMECODED:
+        _TIMECODED[fmt](lines, out, rate)
+    else:
         raise ConfigError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    writer(lines, out)

@@ -115,11 +115,15 @@ class FrameRate:
         return frames - drop * (total_minutes - total_minutes // 10)
 
     def rational(self, frames: int) -> str:
-        """A frame count as an FCPXML rational time in seconds (``"1001/30000s"``, ``"3s"``)."""
-        value = self.frame_duration * frames
-        if value.denominator == 1:
-            return f"{value.numerator}s"
-        return f"{value.numerator}/{value.denominator}s"
+        """A frame count as an FCPXML rational time in seconds.
+
+        Whole seconds are written ``"3s"``; anything else over the rate's own timebase, as
+        Final Cut Pro writes it (``"2002/30000s"`` at 29.97, ``"51/25s"`` at 25), so every
+        time reads as a whole number of ``frameDuration``.
+        """
+        if (frames * self.den) % self.num == 0:
+            return f"{frames * self.den // self.num}s"
+        return f"{frames * self.den}/{self.num}s"
 
 
 _TIMECODE: Final = re.compile(r"(?P<hh>\d{2,}):(?P<mm>\d{2}):(?P<ss>\d{2})[:;.](?P<ff>\d{2})")

@@ -9,14 +9,27 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
+import pysubs2
 import pytest
 
 from stream.errors import ConfigError
-from stream.formats import CSV_COLUMNS, FORMATS, LineClock, TaggedLine, write_events
+from stream.formats import (
+    CSV_COLUMNS,
+    EDL_COLORS,
+    FORMATS,
+    PREMIERE_COLUMNS,
+    LineClock,
+    TaggedLine,
+    write_events,
+)
 from stream.schema import ActionEvent, Event, MusicEvent, SpeechEvent, decode_outbound
+from stream.timecode import parse_fps
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("SUBTAG_UPDATE_GOLDEN") == "1"
@@ -176,6 +189,198 @@ def test_csv_has_the_documented_columns_and_one_row_per_event() -> None:
     _check_golden("sample.csv", text)
 
 
+# --- vtt and srt ----------------------------------------------------------------------------
+
+
+def _expected_timings() -> list[tuple[int, int]]:
+    clock = LineClock()
+    return [(p.start_ms, p.end_ms) for p in map(clock.place, sample_lines())]
+
+
+def test_vtt_parses_with_pysubs2_and_keeps_voices_cues_and_tags() -> None:
+    """vtt: one cue per line at its timing, <v Speaker> spans, [cues], tags in a NOTE."""
+    text = _export("vtt")
+    subs = pysubs2.SSAFile.from_string(text, format_="vtt")
+    assert [(cue.start, cue.end) for cue in subs] == _expected_timings()
+    assert subs[0].plaintext == "[轻柔竖琴泛音]\n姐妹们！这个精华水真的绝了！"
+    assert subs[3].plaintext == "……"
+    # WebVTT structure pysubs2 does not check: header, blank-line blocks, voice spans, escapes.
+    assert text.startswith("WEBVTT")
+    blocks = text.strip("\n").split("\n\n")
+    assert blocks[0].startswith("WEBVTT")
+    assert blocks[1].startswith("NOTE ")
+    cue_blocks = blocks[2:]
+    assert len(cue_blocks) == len(sample_lines())
+    for block in cue_blocks:
+        timing, *payload = block.split("\n")
+        assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} --> \d\d:\d\d:\d\d\.\d{3}", timing)
+        assert payload
+        assert all("-->" not in row for row in payload)
+    assert "<v 李佳琦>姐妹们！这个精华水真的绝了！</v>" in cue_blocks[0]
+    assert "<v 主讲人>&lt;b&gt;x&lt;/b&gt; &amp; y --&gt; z</v>" in cue_blocks[1]
+    # The NOTE rows are schema events (a NOTE cannot hold "-->": it is JSON-escaped).
+    note_rows = blocks[1].split("\n")[1:]
+    assert "-->" not in blocks[1]
+    assert [decode_outbound(row) for row in note_rows] == _all_events()
+    _check_golden("sample.vtt", text)
+
+
+_SRT_TAG = re.compile(r"\[(?P<kind>MUSIC|ACTION|SPEECH): (?P<fields>.*?)\](?: (?P<text>.*))?")
+
+
+def test_srt_parses_with_pysubs2_and_carries_tags_in_the_text() -> None:
+    """srt: numbered cues at each line's timing, one tag row per event in the text."""
+    text = _export("srt")
+    subs = pysubs2.SSAFile.from_string(text, format_="srt", keep_html_tags=True)
+    assert [(cue.start, cue.end) for cue in subs] == _expected_timings()
+    rows = [row for cue in subs for row in cue.plaintext.split("\n")]
+    tags = [_SRT_TAG.fullmatch(row) for row in rows]
+    assert rows[5] == "……"
+    assert tags[5] is None
+    parsed = [(m["kind"], m["fields"].split(" | "), m["text"]) for m in tags if m is not None]
+    assert parsed == [
+        ("MUSIC", ["轻柔竖琴泛音", "type: 竖琴", "mood: 轻柔"], None),
+        ("SPEECH", ["李佳琦", "status: 画外音"], "姐妹们！这个精华水真的绝了！"),
+        ("ACTION", ["字幕弹出：A|B", "action: 弹出字幕"], None),
+        ("SPEECH", ["主讲人"], "<b>x</b> & y --> z"),
+        ("MUSIC", ["欢快口哨声", "type: 口哨", "mood: 欢快"], None),
+        ("ACTION", ["手机震动声", "action: 手机来电"], None),
+    ]
+    assert [block.split("\n")[0] for block in text.strip().split("\n\n")] == list("12345")
+    _check_golden("sample.srt", text)
+
+
+# --- premiere -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fps", ["25", "29.97"])
+def test_premiere_marker_list_is_tab_delimited_with_timecodes(fps: str) -> None:
+    """premiere: the six Premiere columns, one Comment marker per event, In + Duration = Out."""
+    rate = parse_fps(fps)
+    text = _export("premiere", fps)
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter="\t"))
+    assert tuple(rows[0]) == PREMIERE_COLUMNS
+    body = rows[1:]
+    assert len(body) == len(_all_events())
+    tc = re.compile(r"\d\d:\d\d:\d\d;\d\d" if rate.drop_frame else r"\d\d:\d\d:\d\d:\d\d")
+    for name, _description, tc_in, tc_out, duration, kind in body:
+        assert kind == "Comment"
+        assert name.split(": ", 1)[0] in {"speech", "music", "action"}
+        assert all(tc.fullmatch(value) for value in (tc_in, tc_out, duration))
+        frames_in, frames_out = map(rate.frames_from_timecode, (tc_in, tc_out))
+        assert frames_out - frames_in == rate.frames_from_timecode(duration) >= 1
+    starts = [rate.frames_from_timecode(row[2]) for row in body]
+    assert starts == [rate.frames_at_ms(ms) for ms in (62_000, 62_000, 600_250, 600_250,
+                                                        602_250, 3_601_000)]  # fmt: skip
+    assert body[1][1] == "李佳琦（画外音）：姐妹们！这个精华水真的绝了！"
+    _check_golden(f"sample.{fps}.premiere.txt", text)
+
+
+def test_premiere_drop_frame_timecodes_follow_the_wall_clock() -> None:
+    """At 29.97 DF a line at 00:10:00.250 is marked 00:10:00;08, not drifting 0.6 s."""
+    body = list(csv.reader(io.StringIO(_export("premiere", "29.97")), delimiter="\t"))[1:]
+    assert body[2][2] == "00:10:00;08"
+    assert body[5][2] == "01:00:01;00"
+
+
+# --- edl ------------------------------------------------------------------------------------
+
+_EDL_EVENT = re.compile(
+    r"(?P<num>\d{3,}) {2}(?P<reel>\S+) +V +C +"
+    r"(?P<src_in>\S+) (?P<src_out>\S+) (?P<rec_in>\S+) (?P<rec_out>\S+)"
+)
+_EDL_NOTE = re.compile(r" \|C:(?P<color>ResolveColor\w+) \|M:(?P<name>[^|]*) \|D:(?P<frames>\d+)")
+
+
+def _read_marker_edl(text: str, fps: str) -> list[tuple[int, str, str, int]]:
+    """A strict reader of Resolve's timeline-marker EDL: (frame, colour, name, frames)."""
+    rate = parse_fps(fps)
+    lines = text.split("\n")
+    assert lines[0].startswith("TITLE: ")
+    assert lines[1] == ("FCM: DROP FRAME" if rate.drop_frame else "FCM: NON-DROP FRAME")
+    assert lines[2] == ""
+    assert text.endswith("\n\n")
+    markers = []
+    blocks = text[: -len("\n\n")].split("\n\n")[1:]
+    for number, block in enumerate(blocks, start=1):
+        event_line, note_line = block.split("\n")
+        event, note = _EDL_EVENT.fullmatch(event_line), _EDL_NOTE.fullmatch(note_line)
+        assert event is not None, event_line
+        assert note is not None, note_line
+        assert int(event["num"]) == number
+        assert event["src_in"] == event["rec_in"]
+        assert event["src_out"] == event["rec_out"]
+        frame = rate.frames_from_timecode(event["rec_in"])
+        assert rate.frames_from_timecode(event["rec_out"]) == frame + 1
+        markers.append((frame, note["color"], note["name"], int(note["frames"])))
+    return markers
+
+
+@pytest.mark.parametrize("fps", ["25", "29.97", "23.976"])
+def test_edl_reads_back_as_resolve_markers_with_a_colour_per_kind(fps: str) -> None:
+    """edl: CMX3600 events with |C:colour |M:name |D:frames notes; one marker per frame."""
+    rate = parse_fps(fps)
+    markers = _read_marker_edl(_export("edl", fps), fps)
+    assert [(colour, name) for _, colour, name, _ in markers] == [
+        (EDL_COLORS["music"], "music: 轻柔竖琴泛音"),
+        (EDL_COLORS["speech"], "speech: 李佳琦"),
+        (EDL_COLORS["action"], "action: 字幕弹出：A/B"),
+        (EDL_COLORS["speech"], "speech: 主讲人"),
+        (EDL_COLORS["music"], "music: 欢快口哨声"),
+        (EDL_COLORS["action"], "action: 手机震动声"),
+    ]
+    frames = [frame for frame, *_ in markers]
+    first = rate.frames_at_ms(62_000)
+    # Two events of one line: the second marker moves to the next frame.
+    assert frames[:2] == [first, first + 1]
+    assert len(set(frames)) == len(frames)
+    assert frames[5] == rate.frames_at_ms(3_601_000)
+    assert markers[0][3] == rate.frames_at_ms(64_500) - first
+    _check_golden(f"sample.{fps}.edl", _export("edl", fps))
+
+
+# --- fcpxml ---------------------------------------------------------------------------------
+
+
+def _seconds(value: str) -> Fraction:
+    assert re.fullmatch(r"\d+(/\d+)?s", value), value
+    return Fraction(value[:-1])
+
+
+@pytest.mark.parametrize("fps", ["25", "29.97", "23.976"])
+def test_fcpxml_parses_with_frame_aligned_rational_markers(fps: str) -> None:
+    """fcpxml: version, format frameDuration, a gap holding markers on frame boundaries."""
+    rate = parse_fps(fps)
+    text = _export("fcpxml", fps)
+    assert text.startswith('<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE fcpxml>')
+    root = ET.fromstring(text)
+    assert root.tag == "fcpxml"
+    assert root.get("version") == "1.10"
+    fmt = root.find("resources/format")
+    assert fmt is not None
+    frame = _seconds(fmt.get("frameDuration", ""))
+    assert frame == Fraction(rate.den, rate.num)
+    sequence = root.find("library/event/project/sequence")
+    assert sequence is not None
+    assert sequence.get("format") == fmt.get("id")
+    assert sequence.get("tcFormat") == ("DF" if rate.drop_frame else "NDF")
+    gap = sequence.find("spine/gap")
+    assert gap is not None
+    gap_end = _seconds(gap.get("start", "")) + _seconds(gap.get("duration", ""))
+    markers = gap.findall("marker")
+    assert len(markers) == len(_all_events())
+    for marker in markers:
+        start, duration = _seconds(marker.get("start", "")), _seconds(marker.get("duration", ""))
+        assert (start / frame).denominator == 1
+        assert (duration / frame).denominator == 1
+        assert duration >= frame
+        assert start + duration <= gap_end
+    assert [m.get("value") for m in markers][:2] == ["music: 轻柔竖琴泛音", "speech: 李佳琦"]
+    assert markers[3].get("note") == "主讲人：<b>x</b> & y --> z"
+    assert _seconds(markers[0].get("start", "")) / frame == rate.frames_at_ms(62_000)
+    _check_golden(f"sample.{fps}.fcpxml", text)
+
+
 # --- errors ---------------------------------------------------------------------------------
 
 
@@ -188,5 +393,17 @@ def test_unknown_format_and_fps_are_config_errors() -> None:
 
 
 def test_every_format_is_listed() -> None:
-    """FORMATS lists the streaming formats first."""
-    assert FORMATS[:2] == ("jsonl", "csv")
+    """FORMATS lists the streaming formats first, then subtitles, then editor markers."""
+    assert FORMATS == ("jsonl", "csv", "vtt", "srt", "premiere", "edl", "fcpxml")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_no_lines_give_a_valid_empty_document(fmt: str) -> None:
+    """An empty input still writes each format's header (or nothing for jsonl)."""
+    out = io.StringIO(newline="")
+    write_events([], fmt, out)
+    expected_start = {"jsonl": "", "csv": "stream,", "vtt": "WEBVTT", "srt": "",
+                      "premiere": "Marker Name", "edl": "TITLE:", "fcpxml": "<?xml"}  # fmt: skip
+    assert out.getvalue().startswith(expected_start[fmt])
+    if fmt == "fcpxml":
+        assert ET.fromstring(out.getvalue()).find("library/event/project/sequence") is not None
