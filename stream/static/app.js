@@ -70,16 +70,21 @@
       }
       handle(message);
     });
-    socket.addEventListener("close", (ev) => {
+    let opened = false;
+    socket.addEventListener("open", () => {
+      opened = true;
+    });
+    socket.addEventListener("close", () => {
       if (state.socket !== socket) return;
-      // 1008 = policy violation: the service refused the token; retrying would not help.
-      if (ev.code === 1008 || ev.code === 4401 || ev.code === 4403) {
-        setConnection("closed", `refused: ${ev.reason || "not authorised"} (add ?token=…)`);
-        return;
-      }
       const wait = state.retryMs;
       state.retryMs = Math.min(state.retryMs * 2, 5000);
-      setConnection("closed", `disconnected · retrying in ${(wait / 1000).toFixed(1)} s`);
+      const again = `retrying in ${(wait / 1000).toFixed(1)} s`;
+      // A refused handshake (bad or missing token, unknown kind) reaches a browser only as a
+      // close before "open"; say what usually causes it.
+      const why = opened
+        ? "disconnected"
+        : "cannot subscribe to /events: service down, or it needs ?token=… in this page's address";
+      setConnection("closed", `${why} · ${again}`);
       setTimeout(() => {
         if (state.socket === socket) connect();
       }, wait);
@@ -196,7 +201,14 @@
     }
     row.append(meta, renderBody(ev));
     row.hidden = state.hiddenKinds.has(ev.kind);
-    column.list.prepend(row);
+    // Newest line on top, but a line's own events keep their order in the line.
+    let after = null;
+    for (let node = column.list.firstElementChild; node; node = node.nextElementSibling) {
+      if (node.dataset.seq !== row.dataset.seq) break;
+      after = node;
+    }
+    if (after) after.after(row);
+    else column.list.prepend(row);
     column.n += 1;
     column.count.textContent = String(column.n);
     while (column.list.childElementCount > MAX_EVENTS_PER_STREAM) {
