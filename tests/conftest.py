@@ -1,3 +1,3 @@
 """Shared pytest configuration; fixtures live in tests/support/ modules listed here."""
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["tests.support.broker"]
