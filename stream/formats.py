@@ -199,10 +199,13 @@ def _one_line(text: str) -> str:
 
 
 def _kind(event: Event) -> str:
-    # The wire tag ("speech", "music", "action") of the event's struct.
-    tag = type(event).__struct_config__.tag
-    assert isinstance(tag, str)
-    return tag
+    match event:
+        case SpeechEvent():
+            return "speech"
+        case MusicEvent():
+            return "music"
+        case ActionEvent():
+            return "action"
 
 
 def _marker_name(event: Event) -> str:
