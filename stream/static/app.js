@@ -7,14 +7,15 @@
 "use strict";
 
 (() => {
-  const MAX_EVENTS_PER_STREAM = 200; // bounded DOM: older rows are dropped
+  const page = new URL(window.location.href);
+  // Bounded DOM: each stream keeps its newest rows only (?max=N on the page's address).
+  const MAX_EVENTS_PER_STREAM = Math.max(1, Number.parseInt(page.searchParams.get("max"), 10) || 200);
   const LATENCY_WINDOW = 500; // lines the p50/p99 and histogram cover
   const SPARK_POINTS = 120; // lines the sparkline shows
   const MAX_ERRORS = 20;
   const KINDS = ["speech", "music", "action"];
   const KIND_COLORS = { speech: "#4da3ff", music: "#b58cff", action: "#ffb547" };
 
-  const page = new URL(window.location.href);
   const $ = (id) => document.getElementById(id);
 
   const state = {
