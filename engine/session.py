@@ -27,7 +27,7 @@ import numpy.typing as npt
 from engine.manifest import Manifest, ModelShape, load_manifest, reexport_hint
 from stream.errors import ConfigError, EngineError, ExportMismatchError, MissingExtraError
 
-__all__ = ["PROVIDERS", "OrtCausalLM", "SessionOptions"]
+__all__ = ["PROVIDERS", "OrtCausalLM", "SessionOptions", "gpu_available"]
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,20 @@ class SessionOptions:
     verify_hashes: bool = False
 
 
-def _trt_profile(shape: ModelShape, batch: int, seq: int, past: int) -> str:
+def gpu_available() -> bool:
+    """Whether this onnxruntime offers the CUDA provider and an NVIDIA device node exists."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    return Path("/dev/nvidiactl").exists() or Path("/dev/nvidia0").exists()
+
+
+def _trt_profile(shape: ModelShape, batch: int, seq: int, past: int, total: int) -> str:
     """One TensorRT profile line: every dynamic input with its shape."""
-    dims = [f"input_ids:{batch}x{seq}", f"attention_mask:{batch}x{past + seq}"]
+    dims = [f"input_ids:{batch}x{seq}", f"attention_mask:{batch}x{total}"]
     for i in range(shape.n_layer):
         for kind in ("key", "value"):
             dims.append(
@@ -104,12 +115,18 @@ def _provider_entry(name: str, options: SessionOptions, shape: ModelShape) -> An
         "device_id": options.device_id,
         "trt_fp16_enable": options.trt_fp16,
         # Explicit profiles for every dynamic input, or TensorRT rebuilds engines as shapes grow.
-        "trt_profile_min_shapes": _trt_profile(shape, 1, 1, 0),
+        "trt_profile_min_shapes": _trt_profile(shape, 1, 1, 0, 1),
+        # Tuned for one decode step at the typical prompt length.
         "trt_profile_opt_shapes": _trt_profile(
-            shape, options.trt_opt_batch, 1, max(0, options.trt_opt_seq - 1)
+            shape, options.trt_opt_batch, 1, options.trt_opt_seq - 1, options.trt_opt_seq
         ),
+        # Prefill of up to trt_max_seq tokens, or a decode step with up to trt_max_seq cached.
         "trt_profile_max_shapes": _trt_profile(
-            shape, options.trt_max_batch, options.trt_max_seq, options.trt_max_seq
+            shape,
+            options.trt_max_batch,
+            options.trt_max_seq,
+            options.trt_max_seq,
+            options.trt_max_seq + 1,
         ),
     }
     if options.trt_cache_dir:

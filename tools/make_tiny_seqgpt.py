@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from engine.tiny import build_tiny_seqgpt  # noqa: E402 - after the path set-up above
+from engine.tiny import build_tiny_seqgpt
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,7 @@ def tiny_export_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="session")
 def ort_model(tiny_export_dir: Path) -> Iterator[OrtCausalLM]:
     """The tiny export on the ONNX Runtime CPU EP (fp32 graph)."""
-    yield OrtCausalLM.from_export(tiny_export_dir, SessionOptions(provider="cpu"))
+    return OrtCausalLM.from_export(tiny_export_dir, SessionOptions(provider="cpu"))
 
 
 @pytest.fixture(scope="session")
