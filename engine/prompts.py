@@ -26,11 +26,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Final, NamedTuple
 
 __all__ = [
+    "ACTION_LABELS",
     "CLASSIFY",
+    "CUE_KIND_LABELS",
     "EXTRACT",
     "EXTRACT_CHUNK",
     "GEN_TOKEN",
     "INPUT_SEPARATOR",
+    "LINE_LABELS",
+    "MUSIC_MOOD_LABELS",
+    "MUSIC_TYPE_LABELS",
     "Answer",
     "AnswerParser",
     "IncrementalDetokenizer",
@@ -53,6 +58,60 @@ EXTRACT_CHUNK: Final = 6
 # tab is how SeqGPT's training data joins the two sentences of a pair task, and unlike a
 # newline it cannot be mistaken for the prompt's own `\n{task}:` section break.
 INPUT_SEPARATOR: Final = "\t"
+
+# The questions the tagger asks (docs/seqgpt-tagging.md explains the choice). Closed sets are
+# answered by label-constrained scoring, so their size costs prefill, never generated tokens.
+# Music vs sound effect: 音效 (a sound effect) is the natural opposite of 音乐 for a bracketed
+# cue; its events are the schema's "action" kind.
+CUE_KIND_LABELS: Final = ("音乐", "音效")
+MUSIC_TYPE_LABELS: Final = (
+    "钢琴",
+    "吉他",
+    "竖琴",
+    "提琴",
+    "交响乐",
+    "电子乐",
+    "鼓点",
+    "口哨",
+    "人声",
+    "其他",
+)
+MUSIC_MOOD_LABELS: Final = (
+    "欢快",
+    "轻柔",
+    "温暖",
+    "悬疑",
+    "紧张",
+    "悲伤",
+    "悲壮",
+    "激昂",
+    "科技感",
+    "平静",
+)
+# The physical event a sound or on-screen cue implies.
+ACTION_LABELS: Final = (
+    "敲门",
+    "开关门",
+    "脚步",
+    "爆炸",
+    "破碎",
+    "撞击",
+    "打斗",
+    "枪击",
+    "手机来电",
+    "按键",
+    "计时提示",
+    "摇晃",
+    "倒水",
+    "鼓掌",
+    "警报",
+    "天气",
+    "交通工具",
+    "字幕弹出",
+    "其他",
+)
+# Text the grammar could not place: four labels, one chunk, one generated answer line each.
+LINE_LABELS: Final = ("说话人", "台词", "音乐", "音效")
 
 _FULL_WIDTH_COMMA: Final = "，"
 _NONE: Final = "None"
