@@ -38,6 +38,7 @@ __all__ = [
     "TorchCausalLM",
     "beam_search",
     "greedy",
+    "greedy_from",
     "left_pad",
     "score_labels",
 ]
@@ -451,6 +452,29 @@ class PrefixCache:
             start = end
         assert state is not None
         return state
+
+
+def greedy_from(
+    model: CausalLM, state: KVState, max_new_tokens: int, eos_id: int | None = None
+) -> Iterator[int]:
+    """Greedy continuation of one prefilled prompt (e.g. from :meth:`PrefixCache.prefill`).
+
+    The first token comes from the state's logits (no model call); each later one costs one
+    decode step. Yields tokens as they are produced, EOS included, then stops.
+    """
+    eos = model.config.eos_id if eos_id is None else eos_id
+    logits = state.logits
+    past = state.past
+    length = len(state.tokens)
+    for step in range(max_new_tokens):
+        token = int(np.argmax(logits))
+        yield token
+        if token == eos or step == max_new_tokens - 1:
+            return
+        length += 1
+        ids = np.asarray([[token]], dtype=np.int64)
+        step_logits, past = model.forward(ids, np.ones((1, length), dtype=np.int64), past)
+        logits = step_logits[0]
 
 
 def _restricted_softmax(scores: FloatArray) -> FloatArray:

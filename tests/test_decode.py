@@ -15,6 +15,7 @@ from engine.decode import (
     TorchCausalLM,
     beam_search,
     greedy,
+    greedy_from,
     left_pad,
     score_labels,
 )
@@ -236,3 +237,15 @@ def test_prefix_cache_evicts_least_recently_used(ort_model: OrtCausalLM) -> None
     assert len(cache) == 2
     assert cache.longest_prefix([10, 11, 12, 13]) is None
     assert cache.longest_prefix([30, 31, 32, 99]) is not None
+
+
+def test_greedy_from_a_cached_prefix_equals_greedy(
+    ort_model: OrtCausalLM, prompts: list[list[int]]
+) -> None:
+    """Continuing a PrefixCache state greedily gives the same tokens as greedy on the prompt."""
+    cache = PrefixCache(ort_model)
+    cache.prefill(prompts[0][:10], store=True)
+    state = cache.prefill(prompts[0])
+    assert cache.reused_tokens == 10
+    ours = list(greedy_from(ort_model, state, 12))
+    assert ours == _collect(greedy(ort_model, [prompts[0]], 12), 1)[0]
