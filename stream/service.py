@@ -25,6 +25,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from websockets.frames import CloseCode
+
 from engine.base import Tagger, load_tagger
 from stream.auth import Authenticator
 from stream.config import ServiceConfig, load_config
@@ -213,9 +215,16 @@ class Service:
         if self.mqtt is not None:
             await self.mqtt.flush(deadline)
         if server is not None:
-            server.close(close_connections=True)
+            # Server.close() acts only on its first call (close_connections=False above), so
+            # the open connections are closed here: 1001, clients know to reconnect.
+            closing = [
+                asyncio.create_task(c.close(CloseCode.GOING_AWAY, "the service is shutting down"))
+                for c in server.connections
+            ]
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(1.0, deadline - time.monotonic())):
+                    if closing:
+                        await asyncio.wait(closing)
                     await server.wait_closed()
         log.info("shutdown: drained %d line(s) in flight", pending)
 
