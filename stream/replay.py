@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from stream.errors import InputError
-from stream.schema import Done, Error, InputLine, decode_outbound, encode_str
+from stream.schema import Done, Error, ErrorCode, InputLine, decode_outbound, encode_str
 
 __all__ = ["ReplayResult", "configure", "replay", "run"]
 
@@ -53,6 +53,7 @@ class ReplayResult:
         errors: ``error`` messages received.
         elapsed_s: Wall time from the first send to the last acknowledgement.
         reconnects: Connections re-opened after a loss.
+        retried: Lines the service refused as ``shutting_down`` and that were resent.
     """
 
     sent: int = 0
@@ -61,6 +62,7 @@ class ReplayResult:
     errors: list[Error] = field(default_factory=list)
     elapsed_s: float = 0.0
     reconnects: int = 0
+    retried: int = 0
 
     @property
     def lines_per_s(self) -> float:
@@ -160,6 +162,11 @@ def _account(result: ReplayResult, payload: str | bytes, pending: set[int]) -> N
             result.done += 1
             result.events += message.events
     elif isinstance(message, Error):
+        if message.code == ErrorCode.SHUTTING_DOWN and message.seq in pending:
+            # Not an answer about the line: it stays unacknowledged and is resent once the
+            # connection to the (restarted) service is re-opened.
+            result.retried += 1
+            return
         result.errors.append(message)
         if message.seq is not None:
             pending.discard(message.seq)
