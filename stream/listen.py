@@ -35,40 +35,70 @@ def events_url(url: str, *, streams: str | None = None, kinds: str | None = None
     return urlunsplit((scheme, parts.netloc, path, urlencode(query, safe=",*"), ""))
 
 
-async def listen(url: str, *, token: str | None = None) -> AsyncIterator[OutboundMessage]:
+async def listen(
+    url: str,
+    *,
+    token: str | None = None,
+    retries: int = 0,
+    backoff: float = 0.2,
+    max_backoff: float = 5.0,
+) -> AsyncIterator[OutboundMessage]:
     """Yield each message of ``/events`` as it arrives, until the service closes.
+
+    With ``retries`` > 0 a closed or lost connection is re-opened (a service restart, a
+    slow-subscriber close): the first attempt after ``backoff`` seconds, then doubling up to
+    ``max_backoff``, giving up after ``retries`` failed attempts in a row. Messages sent while
+    no connection was open are not replayed; ``done`` messages (``stream``, ``seq``) show what
+    was missed.
 
     Args:
         url: ``ws://HOST:PORT/events`` with optional ``?stream=a,b&kind=speech`` filters.
         token: Bearer token with the ``subscribe`` scope, when the service needs one.
+        retries: Reconnect attempts in a row before giving up (0 = end with the connection).
+        backoff: First reconnect delay in seconds.
+        max_backoff: Longest reconnect delay in seconds.
 
     Raises:
-        InputError: The service cannot be reached or refuses the subscription.
+        InputError: The service cannot be reached (after the retries) or refuses the
+            subscription (HTTP status or close code 1008: retrying would not help).
     """
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+    from websockets.frames import CloseCode
 
     headers = {"Authorization": f"Bearer {token}"} if token else None
-    try:
-        ws = await connect(url, additional_headers=headers, max_size=None)
-    except InvalidStatus as exc:
-        body = exc.response.body.decode("utf-8", "replace").strip()
-        raise InputError(
-            f"the service refused {url}: HTTP {exc.response.status_code} {body}"
-        ) from exc
-    except (OSError, InvalidHandshake) as exc:
-        raise InputError(f"cannot reach {url}: {exc}") from exc
-    try:
-        async for frame in ws:
-            try:
-                yield decode_outbound(frame)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                continue  # a newer service's message this client does not know
-    except ConnectionClosed:
-        return
-    finally:
-        with contextlib.suppress(Exception):
-            await ws.close()
+    failures = 0
+    while True:
+        try:
+            ws = await connect(url, additional_headers=headers, max_size=None)
+        except InvalidStatus as exc:
+            body = exc.response.body.decode("utf-8", "replace").strip()
+            raise InputError(
+                f"the service refused {url}: HTTP {exc.response.status_code} {body}"
+            ) from exc
+        except (OSError, InvalidHandshake) as exc:
+            failures += 1
+            if failures > retries:
+                raise InputError(f"cannot reach {url}: {exc}") from exc
+            await asyncio.sleep(min(backoff * 2 ** (failures - 1), max_backoff))
+            continue
+        failures = 0
+        try:
+            async for frame in ws:
+                try:
+                    yield decode_outbound(frame)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    continue  # a newer service's message this client does not know
+        except ConnectionClosed:
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                await ws.close()
+        if ws.close_code == CloseCode.POLICY_VIOLATION:
+            raise InputError(f"the service closed {url}: {ws.close_reason or 'access denied'}")
+        if retries <= 0:
+            return
+        await asyncio.sleep(backoff)
 
 
 def _line(message: OutboundMessage) -> str:
@@ -99,6 +129,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", help="bearer token (default $SUBTAG_TOKEN)")
     parser.add_argument("--json", action="store_true", help="print raw JSON, one per line")
     parser.add_argument("--count", type=int, default=0, help="exit after this many messages")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=10,
+        help="reconnect attempts in a row when the service goes away (default 10; 0 = exit)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         seen = 0
-        async for message in listen(url, token=token):
+        async for message in listen(url, token=token, retries=args.retries):
             if args.json:
                 print(msgspec.json.encode(message).decode("utf-8"), flush=True)
             else:
