@@ -191,8 +191,10 @@ def _load_model(source: str) -> tuple[Any, Any]:
 
 def _weights_hash(model: Any) -> str:
     state = model.state_dict()
+    # memoryview: hash the tensors' own buffers, no gigabyte-sized copies.
     return hash_tensors(
-        (name, state[name].detach().contiguous().cpu().numpy().tobytes()) for name in sorted(state)
+        (name, memoryview(state[name].detach().contiguous().cpu().numpy()).cast("B"))
+        for name in sorted(state)
     )
 
 

@@ -188,8 +188,8 @@ def file_record(path: Path) -> FileRecord:
     return FileRecord(size=path.stat().st_size, sha256=sha256_file(path))
 
 
-def hash_tensors(named: Iterable[tuple[str, bytes]]) -> str:
-    """SHA-256 over (name, bytes) pairs, so renamed or changed weights both change the hash."""
+def hash_tensors(named: Iterable[tuple[str, bytes | memoryview]]) -> str:
+    """SHA-256 over (name, data) pairs, so renamed or changed weights both change the hash."""
     digest = hashlib.sha256()
     for name, data in named:
         digest.update(name.encode())
