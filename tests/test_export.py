@@ -115,18 +115,21 @@ def test_hidden_output_matches_torch(ort_model: OrtCausalLM, torch_model: TorchC
 
 
 def test_int8_graph_stays_close_to_fp32(tiny_export_dir: Path, ort_model: OrtCausalLM) -> None:
-    """The int8 graph's logits track the fp32 ones (correlation) and its greedy mostly agrees."""
+    """The int8 graph's logits track the fp32 ones and mostly pick the same first token.
+
+    Later greedy tokens diverge on a random-weight model once one choice differs, so only the
+    first choice is compared.
+    """
     int8 = OrtCausalLM.from_export(tiny_export_dir, SessionOptions(variant="int8"))
     prompts = _encode(ort_model, PROMPTS)
     ids, mask = left_pad(prompts, ort_model.config.pad_id)
     fp32_logits, _ = ort_model.forward(ids, mask, None)
     int8_logits, _ = int8.forward(ids, mask, None)
     for a, b in zip(fp32_logits, int8_logits, strict=True):
-        assert np.corrcoef(a, b)[0, 1] > 0.95
-    fp32_tokens = [t for step in greedy(ort_model, prompts, 8) for t in step]
-    int8_tokens = [t for step in greedy(int8, prompts, 8) for t in step]
-    agree = np.mean([a == b for a, b in zip(fp32_tokens, int8_tokens, strict=True)])
-    assert agree >= 0.5
+        assert np.corrcoef(a, b)[0, 1] > 0.99
+    fp32_first = next(greedy(ort_model, prompts, 1))
+    int8_first = next(greedy(int8, prompts, 1))
+    assert sum(a == b for a, b in zip(fp32_first, int8_first, strict=True)) >= 2
 
 
 def test_fp16_export_declares_half_precision_kv(tiny_model_dir: Path, tmp_path: Path) -> None:
