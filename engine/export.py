@@ -25,7 +25,7 @@ import math
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +40,7 @@ from engine.manifest import (
     load_manifest,
 )
 from stream.errors import EngineError, InputError, MissingExtraError
+from stream.progress import progress_bar
 
 if TYPE_CHECKING:
     import torch
@@ -158,11 +159,12 @@ def _decoder_class() -> type[torch.nn.Module]:
 
 
 class _Steps:
-    """Numbered progress lines with durations for the long export steps."""
+    """Numbered progress lines with durations for the long export steps, plus a bar on a TTY."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, advance: Callable[[float], None] | None = None) -> None:
         self.total = total
         self.done = 0
+        self.advance = advance
 
     @contextlib.contextmanager
     def step(self, what: str) -> Iterator[None]:
@@ -172,6 +174,8 @@ class _Steps:
         yield
         elapsed = time.perf_counter() - start
         log.info("[%d/%d] %s: done in %.1f s", self.done, self.total, what, elapsed)
+        if self.advance is not None:
+            self.advance(1)
 
 
 def _load_model(source: str) -> tuple[Any, Any]:
@@ -431,67 +435,74 @@ def export_model(
         raise EngineError("int8 quantization starts from the fp32 graph: use --dtype fp32")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    steps = _Steps(5 + (quantize is not None) + parity)
-    with steps.step(f"loading {source}"):
-        model, tokenizer = _load_model(source)
-    with steps.step("hashing the weights"):
-        weights_sha = _weights_hash(model)
-    shape = _shape_of(model, tokenizer)
-    with steps.step(f"copying the tokenizer and config to {out}"):
-        tokenizer.save_pretrained(out)
-        model.config.save_pretrained(out)
-        if not (out / "tokenizer.json").is_file():
-            raise EngineError(f"{source} has no fast tokenizer (tokenizer.json); cannot export it")
-    traced = model.to(torch.float16) if dtype == "fp16" else model
-    with steps.step(f"exporting the {dtype} graph (opset {opset})"):
-        _trace(traced, shape, out / MODEL_FILE, opset, dtype)
-    if dtype == "fp16":
-        model = model.to(torch.float32)
-    models = {"main": MODEL_FILE}
-    (out / INT8_FILE).unlink(missing_ok=True)
-    if quantize == "int8":
-        with steps.step("quantizing to int8 (dynamic, per channel)"):
-            quantize_int8(out / MODEL_FILE, out / INT8_FILE)
-        models["int8"] = INT8_FILE
-    results: dict[str, float] = {}
-    if parity:
-        with steps.step("parity check against torch"):
-            for variant, name in models.items():
-                try:
-                    check = parity_check(model, tokenizer, out / name)
-                except Exception as exc:  # an fp16 graph may not run on the CPU EP: say so
-                    log.warning("parity: cannot run %s (%s) on the CPU EP: %s", variant, name, exc)
-                    continue
-                log.info(
-                    "parity %s: max |logit diff| %.3g (logits up to %.3g), top-1 agreement %.0f%%",
-                    variant,
-                    check["max_abs_logit_diff"],
-                    check["max_abs_logit"],
-                    100 * check["top1_agreement"],
+    total = 5 + (quantize is not None) + parity
+    with progress_bar(f"exporting {source}", total=total) as advance:
+        steps = _Steps(total, advance)
+        with steps.step(f"loading {source}"):
+            model, tokenizer = _load_model(source)
+        with steps.step("hashing the weights"):
+            weights_sha = _weights_hash(model)
+        shape = _shape_of(model, tokenizer)
+        with steps.step(f"copying the tokenizer and config to {out}"):
+            tokenizer.save_pretrained(out)
+            model.config.save_pretrained(out)
+            if not (out / "tokenizer.json").is_file():
+                raise EngineError(
+                    f"{source} has no fast tokenizer (tokenizer.json); cannot export it"
                 )
-                results[variant] = check["max_abs_logit_diff"]
-    with steps.step("writing the manifest"):
-        names = [MODEL_FILE, DATA_FILE, *models.values(), "tokenizer.json", "config.json"]
-        manifest = Manifest(
-            format=EXPORT_FORMAT,
-            source=source,
-            dtype=dtype,
-            opset=opset,
-            versions={
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "onnx": onnx.__version__,
-                "onnxruntime": onnxruntime.__version__,
-            },
-            weights_sha256=weights_sha,
-            shape=shape,
-            models=models,
-            files={name: file_record(out / name) for name in dict.fromkeys(names)},
-            parity=results,
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-            lm_head=_head_record(out / MODEL_FILE, shape),
-        )
-        manifest.write(out)
+        traced = model.to(torch.float16) if dtype == "fp16" else model
+        with steps.step(f"exporting the {dtype} graph (opset {opset})"):
+            _trace(traced, shape, out / MODEL_FILE, opset, dtype)
+        if dtype == "fp16":
+            model = model.to(torch.float32)
+        models = {"main": MODEL_FILE}
+        (out / INT8_FILE).unlink(missing_ok=True)
+        if quantize == "int8":
+            with steps.step("quantizing to int8 (dynamic, per channel)"):
+                quantize_int8(out / MODEL_FILE, out / INT8_FILE)
+            models["int8"] = INT8_FILE
+        results: dict[str, float] = {}
+        if parity:
+            with steps.step("parity check against torch"):
+                for variant, name in models.items():
+                    try:
+                        check = parity_check(model, tokenizer, out / name)
+                    except Exception as exc:  # an fp16 graph may not run on the CPU EP: say so
+                        log.warning(
+                            "parity: cannot run %s (%s) on the CPU EP: %s", variant, name, exc
+                        )
+                        continue
+                    log.info(
+                        "parity %s: max |logit diff| %.3g (logits up to %.3g), "
+                        "top-1 agreement %.0f%%",
+                        variant,
+                        check["max_abs_logit_diff"],
+                        check["max_abs_logit"],
+                        100 * check["top1_agreement"],
+                    )
+                    results[variant] = check["max_abs_logit_diff"]
+        with steps.step("writing the manifest"):
+            names = [MODEL_FILE, DATA_FILE, *models.values(), "tokenizer.json", "config.json"]
+            manifest = Manifest(
+                format=EXPORT_FORMAT,
+                source=source,
+                dtype=dtype,
+                opset=opset,
+                versions={
+                    "torch": torch.__version__,
+                    "transformers": transformers.__version__,
+                    "onnx": onnx.__version__,
+                    "onnxruntime": onnxruntime.__version__,
+                },
+                weights_sha256=weights_sha,
+                shape=shape,
+                models=models,
+                files={name: file_record(out / name) for name in dict.fromkeys(names)},
+                parity=results,
+                created=datetime.now(UTC).isoformat(timespec="seconds"),
+                lm_head=_head_record(out / MODEL_FILE, shape),
+            )
+            manifest.write(out)
     if dtype == "fp32" and results.get("main", 0.0) > FP32_PARITY_TOLERANCE:
         raise EngineError(
             f"parity check failed: the fp32 graph's logits differ from torch by "
