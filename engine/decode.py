@@ -215,11 +215,20 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[IntArray, I
     return ids, mask
 
 
+def _penalize(scores: FloatArray, seen: set[int], penalty: float) -> None:
+    """transformers' repetition penalty, in place: seen tokens' scores shrink toward "unlikely"."""
+    index = np.fromiter(seen, dtype=np.int64, count=len(seen))
+    picked = scores[index]
+    scores[index] = np.where(picked < 0, picked * penalty, picked / penalty)
+
+
 def greedy(
     model: CausalLM,
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
     eos_id: int | None = None,
+    *,
+    repetition_penalty: float = 1.0,
 ) -> Iterator[list[int | None]]:
     """Greedy decoding of several prompts at once, one step per yielded list.
 
@@ -232,20 +241,29 @@ def greedy(
         prompts: Token ids of each prompt (no padding; batched here with left padding).
         max_new_tokens: Most tokens to produce per prompt.
         eos_id: End-of-sequence id (default: the model's).
+        repetition_penalty: transformers' ``repetition_penalty`` (1.0: off). Like ``generate``,
+            it counts every id of the padded batch row, padding included.
     """
     eos = model.config.eos_id if eos_id is None else eos_id
     ids, mask = left_pad(prompts, model.config.pad_id)
     if max_new_tokens <= 0:
         return
+    seen = [set(row.tolist()) for row in ids] if repetition_penalty != 1.0 else []
     logits, past = model.forward(ids, mask, None)
     active = list(range(len(prompts)))  # batch row -> prompt index
     for step in range(max_new_tokens):
+        if seen:
+            logits = np.array(logits, dtype=np.float32)
+            for row, prompt in enumerate(active):
+                _penalize(logits[row], seen[prompt], repetition_penalty)
         chosen = logits.argmax(axis=-1)
         produced: list[int | None] = [None] * len(prompts)
         keep: list[int] = []
         for row, prompt in enumerate(active):
             token = int(chosen[row])
             produced[prompt] = token
+            if seen:
+                seen[prompt].add(token)
             if token != eos:
                 keep.append(row)
         yield produced
@@ -284,6 +302,7 @@ def beam_search(
     *,
     length_penalty: float = 1.0,
     early_stopping: bool | str = False,
+    repetition_penalty: float = 1.0,
 ) -> list[int]:
     """Beam search for one prompt, as transformers' ``generate(num_beams=...)`` does it.
 
@@ -291,7 +310,8 @@ def beam_search(
     ending in EOS (among the first ``num_beams``) become finished hypotheses scored by
     ``sum_logprobs / generated_length ** length_penalty``; the best ``num_beams`` others keep
     running. Stops when no running beam can beat the worst finished one (transformers'
-    heuristic for ``early_stopping=False``), or at ``max_new_tokens``.
+    heuristic for ``early_stopping=False``), or at ``max_new_tokens``. ``repetition_penalty``
+    is transformers' (the SeqGPT authors decode with 2.0), applied to the log-probabilities.
 
     Returns:
         The best hypothesis' new tokens (ending with EOS if it finished that way).
@@ -308,8 +328,13 @@ def beam_search(
     running_scores = np.zeros(1, dtype=np.float32)
     finished: list[tuple[float, list[int]]] = []
     improvable = True
+    prompt_seen = set(prompt)
     for generated in range(max_new_tokens):
-        log_probs = _log_softmax(logits) + running_scores[:, None]
+        log_probs = _log_softmax(logits)
+        if repetition_penalty != 1.0:
+            for row, beam in enumerate(running):
+                _penalize(log_probs[row], prompt_seen | set(beam), repetition_penalty)
+        log_probs = log_probs + running_scores[:, None]
         vocab = log_probs.shape[-1]
         flat = log_probs.reshape(-1)
         top = _top_k(flat, 2 * num_beams)

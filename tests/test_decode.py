@@ -38,7 +38,11 @@ def prompts(ort_model: OrtCausalLM) -> list[list[int]]:
 
 
 def _hf_greedy(
-    torch_model: TorchCausalLM, prompts: Sequence[Sequence[int]], new: int, eos: int = 2
+    torch_model: TorchCausalLM,
+    prompts: Sequence[Sequence[int]],
+    new: int,
+    eos: int = 2,
+    repetition_penalty: float = 1.0,
 ) -> list[list[int]]:
     """transformers' generate (greedy, left padding), each row cut after its EOS."""
     ids, mask = left_pad(prompts, 3)
@@ -49,6 +53,7 @@ def _hf_greedy(
         do_sample=False,
         eos_token_id=eos,
         pad_token_id=3,
+        repetition_penalty=repetition_penalty,
     )
     rows = []
     for row in out[:, ids.shape[1] :].tolist():
@@ -128,7 +133,13 @@ def test_torch_and_onnx_drive_the_same_greedy(
     )
 
 
-def _hf_beam(torch_model: TorchCausalLM, prompt: Sequence[int], new: int, eos: int) -> list[int]:
+def _hf_beam(
+    torch_model: TorchCausalLM,
+    prompt: Sequence[int],
+    new: int,
+    eos: int,
+    repetition_penalty: float = 1.0,
+) -> list[int]:
     out = torch_model.model.generate(
         input_ids=torch.tensor([list(prompt)]),
         max_new_tokens=new,
@@ -136,6 +147,7 @@ def _hf_beam(torch_model: TorchCausalLM, prompt: Sequence[int], new: int, eos: i
         do_sample=False,
         eos_token_id=eos,
         pad_token_id=3,
+        repetition_penalty=repetition_penalty,
     )[0, len(prompt) :].tolist()
     return out[: out.index(eos) + 1] if eos in out else out
 
@@ -155,6 +167,18 @@ def test_beam_search_equals_generate(
         for eos in (2, greedy_tokens[1]):
             ours = beam_search(model, prompt, num_beams=4, max_new_tokens=10, eos_id=eos)
             assert ours == _hf_beam(torch_model, prompt, 10, eos), (prompt, eos)
+
+
+def test_repetition_penalty_matches_generate(
+    ort_model: OrtCausalLM, torch_model: TorchCausalLM, prompts: list[list[int]]
+) -> None:
+    """With the authors' repetition_penalty=2.0, batched greedy and beams still equal generate."""
+    ours = _collect(greedy(ort_model, prompts, 12, repetition_penalty=2.0), 3)
+    assert ours == _hf_greedy(torch_model, prompts, 12, repetition_penalty=2.0)
+    assert ours != _collect(greedy(ort_model, prompts, 12), 3)
+    for prompt in prompts:
+        beams = beam_search(ort_model, prompt, 4, 10, eos_id=2, repetition_penalty=2.0)
+        assert beams == _hf_beam(torch_model, prompt, 10, 2, repetition_penalty=2.0)
 
 
 def _reference_label_probs(
