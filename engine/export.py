@@ -434,7 +434,10 @@ def export_model(
     if quantize == "int8" and dtype != "fp32":
         raise EngineError("int8 quantization starts from the fp32 graph: use --dtype fp32")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the export directory {out}: {exc}") from exc
     total = 5 + (quantize is not None) + parity
     with progress_bar(f"exporting {source}", total=total) as advance:
         steps = _Steps(total, advance)
