@@ -44,6 +44,11 @@ __all__ = ["STREAM_ID", "WebSocketFrontend", "valid_stream"]
 
 log = logging.getLogger(__name__)
 
+# websockets logs every request's raw headers at DEBUG, bearer tokens included: its logger is
+# held at INFO so that `subtag -v serve` never writes a token to the log.
+_PROTOCOL_LOG: Final = logging.getLogger("stream.ws.protocol")
+_PROTOCOL_LOG.setLevel(logging.INFO)
+
 # Stream ids appear in MQTT topics and URLs: no '/', '+', '#', spaces or control characters.
 STREAM_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 
@@ -107,6 +112,7 @@ class WebSocketFrontend:
             max_size=limits.max_frame_bytes * 4 + 1024,
             compression=None,
             server_header="subtag",
+            logger=_PROTOCOL_LOG,
         )
         return self.server
 
