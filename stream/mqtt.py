@@ -36,6 +36,7 @@ from stream.metrics import ServiceMetrics
 from stream.pipeline import Pipeline
 from stream.schema import ErrorCode, decode_input
 from stream.window import RecentKeys
+from stream.ws import valid_stream
 
 __all__ = ["MqttBridge", "broker_address"]
 
@@ -145,7 +146,14 @@ class MqttBridge:
         pipeline = self._pipeline
         seq: int | None = None
         refused: tuple[str, str] | None
-        if not isinstance(payload, bytes | bytearray):
+        if not valid_stream(stream):
+            # The same ids as on /ingest: a topic level may be empty or 64 KiB long, and each
+            # id is kept in the bounded stream table.
+            refused = (
+                ErrorCode.BAD_MESSAGE,
+                f"bad stream id {stream[:64]!r}: use 1-128 of A-Z a-z 0-9 . _ : @ -",
+            )
+        elif not isinstance(payload, bytes | bytearray):
             refused = ErrorCode.BAD_MESSAGE, "the payload must be UTF-8 text"
         elif len(payload) > self._limits.max_frame_bytes:
             refused = (
