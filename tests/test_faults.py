@@ -482,3 +482,34 @@ async def test_service_restart_replay_resends_and_listen_reconnects() -> None:
 
 
 SENT_LAST = 39
+
+
+async def test_service_starts_without_its_broker_and_connects_when_it_appears(
+    start_service: StartService, broker: Broker
+) -> None:
+    """Broker down at start: WebSocket serves at once; once the broker is up, MQTT lines are
+    tagged (1 line sent over each transport, 1 done each)."""
+    broker.stop()
+    svc = await start_service(
+        mqtt={"url": broker.url, "client_id": "svc-late", "reconnect_max_s": 0.2}
+    )
+    assert svc.mqtt is not None
+    async with connect(ws_url(svc, "/ingest/early")) as ws:
+        await ws.send(line(0))
+        (ack,) = await receive(ws, 1)
+    assert isinstance(ack, Done)
+    assert not svc.mqtt.connected.is_set()
+    broker.start()
+    async with asyncio.timeout(10):
+        await svc.mqtt.connected.wait()
+    downstream = Downstream(broker, "downstream-late")
+    ready = asyncio.Event()
+    consumer = asyncio.create_task(downstream.run(ready))
+    try:
+        await ready.wait()
+        await _publish(broker, "late", [0])
+        await eventually(lambda: downstream.done_seqs("late"), {0}, within=10)
+    finally:
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer

@@ -263,3 +263,27 @@ async def test_mqtt_broker_credentials_are_used_and_a_wrong_password_is_survived
         await ws.send(LINE)
         (ack,) = await receive(ws, 1)
     assert isinstance(ack, Done)
+
+
+async def test_mqtt_stream_ids_follow_the_websocket_rule(
+    start_service: StartService, broker: Broker
+) -> None:
+    """A topic level that is not a valid stream id (empty, spaces, 200 chars) gets bad_message."""
+    svc = await start_service(mqtt={"url": broker.url, "client_id": "svc-ids"})
+    assert svc.mqtt is not None
+    await svc.mqtt.connected.wait()
+    bad_ids = ["", "bad id", "s" * 200]
+    got: list[OutboundMessage] = []
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        await client.subscribe("subtag/+/errors", qos=1)
+        for stream in bad_ids:
+            await client.publish(f"subtag/{stream}/lines", LINE.encode(), qos=1)
+        async with asyncio.timeout(10):
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                got.append(decode_outbound(message.payload))
+                if len(got) == len(bad_ids):
+                    break
+    assert all(isinstance(m, Error) and m.code == ErrorCode.BAD_MESSAGE for m in got)
+    assert sorted(m.stream or "" for m in got) == sorted(bad_ids)
+    assert len(svc.pipeline.streams) == 0
