@@ -113,6 +113,8 @@ def _decoder_class() -> type[torch.nn.Module]:
             config = model.config
             self.n_head = int(config.n_head)
             self.head_dim = int(config.hidden_size) // self.n_head
+            # BLOOM's option (off for SeqGPT) to take residuals after the layer norms.
+            self.post_ln_residual = bool(config.apply_residual_connection_post_layernorm)
             self.slopes: torch.Tensor
             slopes = _get_alibi_slopes(self.n_head, torch.device("cpu")).to(torch.float32)
             self.register_buffer("slopes", slopes, persistent=False)
@@ -148,8 +150,9 @@ def _decoder_class() -> type[torch.nn.Module]:
                 probs = torch.softmax(scores + bias, dim=-1).to(query.dtype)
                 context = torch.matmul(probs, value).transpose(1, 2)
                 context = context.reshape(batch, seq, self.n_head * self.head_dim)
-                attended = attn.dense(context) + x
-                x = block.mlp(block.post_attention_layernorm(attended), attended)
+                attended = attn.dense(context) + (normed if self.post_ln_residual else x)
+                normed = block.post_attention_layernorm(attended)
+                x = block.mlp(normed, normed if self.post_ln_residual else attended)
             hidden = tr.ln_f(x)
             # Tied LM head, last position only; MatMul (not Gemm) so int8 quantization covers it.
             logits = torch.matmul(hidden[:, -1, :], tr.word_embeddings.weight.t())
