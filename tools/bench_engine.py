@@ -6,6 +6,7 @@ context, SeqGPT classification prompt):
     a  transformers generate, greedy, fixed new tokens (the baseline a user would write)
     b  our engine, ONNX Runtime, fp32 graph, greedy, same new tokens
     c  our engine, ONNX Runtime, int8 graph, greedy, same new tokens
+    e  Hugging Face Optimum's ORTModelForCausalLM generate, only if optimum is installed
     d  our best mode for the tagging question: label-constrained scoring on the int8 graph, one
        prefill per line, the stream's earlier context reused from the KV cache (prefix-stable
        context: engine.prompts.select_context with period 3, so 1-3 context lines)
@@ -25,6 +26,7 @@ The full-size random-weight model and its export are built on first use (~2.2 GB
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -190,21 +192,14 @@ def _set_weights(result: ModeResult, cfg: Any, bytes_per: float) -> None:
     result.weight_bytes = (result.block_params + result.head_params) * bytes_per
 
 
-def run_hf_generate(
-    model_dir: Path, prompts: list[list[int]], new: int, threads: int, warmup: int
+def _time_generate(
+    model: Any, result: ModeResult, prompts: list[list[int]], new: int, warmup: int
 ) -> ModeResult:
-    """(a) transformers generate, greedy, exactly `new` tokens per line."""
+    """Time `model.generate` greedy per line, exactly `new` tokens, first token via a streamer."""
     import torch
-    from transformers import BloomForCausalLM
     from transformers.generation.streamers import BaseStreamer
 
-    torch.set_num_threads(threads)
-    model: Any = BloomForCausalLM.from_pretrained(str(model_dir), dtype="float32")
-    model.eval()
-    result = ModeResult("a", "transformers generate greedy (fp32)")
-    cfg = model.config
-
-    class Stamps(BaseStreamer):  # type: ignore[misc]
+    class Stamps(BaseStreamer):
         def __init__(self) -> None:
             self.times: list[int] = []
 
@@ -237,8 +232,39 @@ def run_hf_generate(
         result.prompt_tokens.append(len(ids))
         result.fed_tokens.append(len(ids))
     result.new_tokens = new
-    _set_weights(result, cfg, 4)
+    _set_weights(result, model.config, 4)
     return result
+
+
+def run_hf_generate(
+    model_dir: Path, prompts: list[list[int]], new: int, threads: int, warmup: int
+) -> ModeResult:
+    """(a) transformers generate, greedy, exactly `new` tokens per line."""
+    import torch
+    from transformers import BloomForCausalLM
+
+    torch.set_num_threads(threads)
+    model: Any = BloomForCausalLM.from_pretrained(str(model_dir), dtype="float32")
+    model.eval()
+    result = ModeResult("a", "transformers generate greedy (fp32)")
+    return _time_generate(model, result, prompts, new, warmup)
+
+
+def run_optimum(
+    model_dir: Path, prompts: list[list[int]], new: int, threads: int, warmup: int
+) -> ModeResult:
+    """(e) Hugging Face Optimum's ORTModelForCausalLM (only when optimum is installed)."""
+    import onnxruntime as ort
+
+    # Imported by name: optimum is optional and not a dependency of this project.
+    ort_model_class: Any = importlib.import_module("optimum.onnxruntime").ORTModelForCausalLM
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    model = ort_model_class.from_pretrained(
+        str(model_dir), export=True, session_options=options, provider="CPUExecutionProvider"
+    )
+    result = ModeResult("e", "Optimum ORTModelForCausalLM generate (fp32)")
+    return _time_generate(model, result, prompts, new, warmup)
 
 
 def run_engine_greedy(
@@ -401,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="untimed lines per mode first")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--modes", default="abcd")
+    parser.add_argument("--modes", default="abcde", help="e runs only if optimum is installed")
     parser.add_argument("--provider", choices=("cpu", "cuda", "tensorrt"), default="cpu")
     parser.add_argument("--samples", type=Path, default=SAMPLES)
     parser.add_argument("--plot", type=Path, default=None, help="write a latency CDF PNG")
@@ -417,16 +443,19 @@ def main(argv: list[str] | None = None) -> int:
     warmup = min(args.warmup, count)
 
     limits = measure_limits(args.threads)
-    options = {
+    options: dict[str, Any] = {
         "provider": args.provider,
         "intra_op_threads": args.threads,
         "inter_op_threads": 1,
     }
+    if args.provider == "tensorrt":
+        # TensorRT engines take minutes to build: keep them between runs.
+        options["trt_cache_dir"] = str(ROOT / "artifacts/trt-cache")
     results: list[ModeResult] = []
     prompts: list[list[int]] = []
     builder: PromptIds | None = None
     if any(m in args.modes for m in "bcd"):
-        probe = OrtCausalLM.from_export(args.export_dir, SessionOptions(**options))  # type: ignore[arg-type]
+        probe = OrtCausalLM.from_export(args.export_dir, SessionOptions(**options))
         gen_id = probe.config.gen_id if probe.config.gen_id is not None else 0
         builder = PromptIds(probe.tokenizer, gen_id)
         for seq in range(first, first + count):
@@ -445,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
             run_hf_generate(args.model_dir, prompts, args.new_tokens, args.threads, warmup)
         )
     if "b" in args.modes:
-        model = OrtCausalLM.from_export(args.export_dir, SessionOptions(variant="main", **options))  # type: ignore[arg-type]
+        model = OrtCausalLM.from_export(args.export_dir, SessionOptions(variant="main", **options))
         results.append(
             run_engine_greedy(
                 "b",
@@ -459,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         del model
     if "c" in args.modes or "d" in args.modes:
-        int8 = OrtCausalLM.from_export(args.export_dir, SessionOptions(variant="int8", **options))  # type: ignore[arg-type]
+        int8 = OrtCausalLM.from_export(args.export_dir, SessionOptions(variant="int8", **options))
         if "c" in args.modes:
             results.append(
                 run_engine_greedy(
@@ -474,15 +503,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "d" in args.modes:
             results.append(run_engine_scoring(int8, lines, first, count, builder))
+    has_optimum = importlib.util.find_spec("optimum") is not None
+    if has_optimum and "e" in args.modes:
+        results.append(run_optimum(args.model_dir, prompts, args.new_tokens, args.threads, warmup))
     text = report(results, limits, args)
     print(
         f"SeqGPT engine benchmark: {args.export_dir.name}, {count} lines/mode (+{warmup} warm-up), "
         f"{args.new_tokens} new tokens, context {CONTEXT_LINES} lines, provider {args.provider}"
     )
     print(text)
-    try:
-        import optimum  # noqa: F401
-    except ImportError:
+    if not has_optimum:
         print("(Hugging Face Optimum is not installed: its ORTModelForCausalLM was not measured)")
     if args.plot:
         plot(results, args.plot)
