@@ -151,6 +151,9 @@ class TorchCausalLM:
                 past_key_values=self._cache(past),
                 use_cache=True,
                 output_hidden_states=hidden,
+                # Only the last position's logits are used: skip the vocabulary-wide projection
+                # of every prompt position (~0.2 s per 150-token prefill at full size).
+                logits_to_keep=1,
             )
         cache = out.past_key_values
         flat: Past = []
