@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.manifest import Manifest, ModelShape, load_manifest, reexport_hint
-from stream.errors import ConfigError, EngineError, ExportMismatchError, MissingExtraError
+from stream.errors import ConfigError, EngineError, ExportMismatchError
 
 __all__ = ["PROVIDERS", "OrtCausalLM", "SessionOptions", "gpu_available"]
 
@@ -209,14 +209,18 @@ class OrtCausalLM:
             stream.errors.ExportMismatchError: The export is stale or does not match its
                 manifest (the message says how to re-export).
             stream.errors.ConfigError: Unknown provider or variant.
-            stream.errors.MissingExtraError: onnxruntime is not installed.
-            stream.errors.EngineError: The session cannot be built on any provider.
+            stream.errors.EngineError: The session cannot be built on any provider, or
+                onnxruntime/tokenizers are missing.
         """
         try:
             import onnxruntime as ort
             from tokenizers import Tokenizer
         except ImportError as exc:
-            raise MissingExtraError("onnxruntime", "seqgpt") from exc
+            # Both are core dependencies of subtag (onnxruntime-gpu also runs the CPU EP).
+            raise EngineError(
+                f"{exc.name} is not installed; reinstall subtag (pip install subtag) to get "
+                "onnxruntime-gpu and tokenizers"
+            ) from exc
         opts = options or SessionOptions()
         if opts.provider not in PROVIDERS:
             raise ConfigError(
