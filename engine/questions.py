@@ -308,6 +308,7 @@ class Answerer:
         self.eos_id = model.config.eos_id
         self._label_ids: dict[str, tuple[int, ...]] = {}
         self.generated_tokens = 0
+        self.questions_asked = 0
 
     def _answer_ids(self, label: str) -> tuple[int, ...]:
         ids = self._label_ids.get(label)
@@ -322,6 +323,7 @@ class Answerer:
         """Answer closed questions; None where a generated answer is not one of the labels."""
         if not questions:
             return []
+        self.questions_asked += len(questions)
         if self.mode == "generate":
             return self._choose_by_generation(questions)
         candidates = [[self._answer_ids(label) for label in q.labels] for q in questions]
@@ -376,6 +378,7 @@ class Answerer:
         answers are yielded.
         """
         if prompts:
+            self.questions_asked += len(prompts)
             yield from self._generate(prompts, self.max_new_tokens)
 
     def _generate(self, prompts: Sequence[str], limit: int) -> Iterator[tuple[int, Answer, float]]:
