@@ -6,12 +6,30 @@ into events (batching, verbatim spans, counters, order, parity between runtimes)
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import msgspec
 import pytest
 
+from engine.base import LineJob, load_tagger
 from engine.decode import TorchCausalLM, score_labels
-from engine.prompts import CLASSIFY, CUE_KIND_LABELS, EXTRACT, LINE_LABELS, build_prompt
+from engine.prompts import (
+    ACTION_LABELS,
+    CLASSIFY,
+    CUE_KIND_LABELS,
+    EXTRACT,
+    LINE_LABELS,
+    MUSIC_MOOD_LABELS,
+    MUSIC_TYPE_LABELS,
+    Answer,
+    build_prompt,
+)
 from engine.questions import Answerer, Codec, Question, score_batch
+from engine.reference import TorchSeqGPTTagger
+from engine.seqgpt import SeqGPTTagger
 from engine.session import OrtCausalLM
+from stream.errors import ConfigError
+from stream.schema import ActionEvent, Event, MusicEvent, SpeechEvent
 
 
 def _torch_codec(model: TorchCausalLM) -> Codec:
@@ -95,3 +113,232 @@ def test_onnx_and_torch_answer_alike(torch_model: TorchCausalLM, ort_model: OrtC
     torch_answers = [(i, a) for i, a, _ in by_torch.extract(prompts)]
     ort_answers = [(i, a) for i, a, _ in by_ort.extract(prompts)]
     assert torch_answers == ort_answers
+
+
+# -- the taggers ----------------------------------------------------------------------------
+
+# The development lines of /work/shared/samples/cases.jsonl: (text, cues, speakers) expected.
+_CASES: list[tuple[str, list[str], list[str]]] = [
+    (
+        "[00:05:22] [轻柔竖琴泛音] 李佳琦（画外音）：姐妹们！这个精华水真的绝了！",
+        ["轻柔竖琴泛音"],
+        ["李佳琦"],
+    ),
+    ("[00:05:28] [滴答声] 助理（OS）：老师，pH试纸变蓝了…", ["滴答声"], ["助理"]),
+    (
+        "[00:05:31] [玻璃瓶晃动声] 李佳琦（对白）：看！摇一摇，全是绵密泡泡！",
+        ["玻璃瓶晃动声"],
+        ["李佳琦"],
+    ),
+    ("[00:05:35] [欢快口哨声]", ["欢快口哨声"], []),
+    ("[00:01:10] [悬疑低音提琴滑音] 女主（OS）：他骗了我三年…", ["悬疑低音提琴滑音"], ["女主"]),
+    ("[00:01:15] [手机震动声] 男主（画外音）：喂？你在听吗？", ["手机震动声"], ["男主"]),
+    (
+        "[00:01:18] [急促脚步声由远及近] 女主（对白，颤抖）：门…门锁被撬开了…",
+        ["急促脚步声由远及近"],
+        ["女主"],
+    ),
+    ("[00:01:22] [玻璃爆裂声+警笛由远及近]", ["玻璃爆裂声", "警笛由远及近"], []),
+    (
+        "[00:03:01] [科技感电子脉冲音] 主讲人（画外音）："
+        "量子纠缠的本质，是两个粒子的状态不可分割。",
+        ["科技感电子脉冲音"],
+        ["主讲人"],
+    ),
+    (
+        "[00:03:07] [数据流刷屏声] 字幕弹出：【薛定谔方程】|【贝尔不等式】|【EPR佯谬】",
+        ["数据流刷屏声", "字幕弹出：【薛定谔方程】|【贝尔不等式】|【EPR佯谬】"],
+        [],
+    ),
+    ("[00:03:12] [清脆按键声]", ["清脆按键声"], []),
+    (
+        "[00:00:08] [温暖木吉他] 店长（画外音）：早上六点，面包房的灯先亮了。",
+        ["温暖木吉他"],
+        ["店长"],
+    ),
+    ("[00:00:14] [烤箱计时器叮声] [面团摔打声]", ["烤箱计时器叮声", "面团摔打声"], []),
+    (
+        "[00:09:40] 队长（对白）：撤！快撤！ [爆炸声] [悲壮交响乐]",
+        ["爆炸声", "悲壮交响乐"],
+        ["队长"],
+    ),
+    ("[00:00:02] ♪ 轻快的钢琴曲 ♪ 旁白：这是一个关于勇气的故事。", ["轻快的钢琴曲"], ["旁白"]),
+    ("[00:02:30] （敲门声）小林（OS）：这么晚了，会是谁？", ["敲门声"], ["小林"]),
+]
+# Lines with text the line reader cannot place, so the extraction path runs too.
+_UNPLACED = ["旁白 这是一个关于勇气的故事 警笛声", "[00:04:00] 雨声 人群嘈杂 MARY I told you"]
+
+
+def _jobs(texts: list[str], stream: str = "demo") -> list[LineJob]:
+    return [
+        LineJob(
+            stream, seq, text, "00:00:00" if seq % 2 else None, tuple(texts[max(0, seq - 4) : seq])
+        )
+        for seq, text in enumerate(texts)
+    ]
+
+
+_ALL_JOBS = _jobs([text for text, _, _ in _CASES] + _UNPLACED)
+
+
+@pytest.fixture(scope="module")
+def onnx_tagger(tiny_export_dir: Path) -> SeqGPTTagger:
+    """The seqgpt backend on the tiny export (CPU EP)."""
+    return SeqGPTTagger.from_export(tiny_export_dir, max_new_tokens=24)
+
+
+@pytest.fixture(scope="module")
+def torch_tagger(tiny_model_dir: Path) -> TorchSeqGPTTagger:
+    """The seqgpt-torch backend on the tiny HF directory."""
+    return TorchSeqGPTTagger.from_pretrained(tiny_model_dir, max_new_tokens=24)
+
+
+def _comparable(events: list[tuple[int, Event]]) -> list[tuple[int, dict[str, object]]]:
+    rows = []
+    for index, event in events:
+        fields = msgspec.structs.asdict(event)
+        fields.pop("backend")
+        fields["confidence"] = pytest.approx(fields["confidence"], abs=1e-4)
+        rows.append((index, {"kind": type(event).__name__, **fields}))
+    return rows
+
+
+def test_onnx_and_torch_backends_emit_identical_events(
+    onnx_tagger: SeqGPTTagger, torch_tagger: TorchSeqGPTTagger
+) -> None:
+    """seqgpt and seqgpt-torch yield the same events in the same order on the tiny model."""
+    by_onnx = list(onnx_tagger.tag(_ALL_JOBS))
+    by_torch = list(torch_tagger.tag(_ALL_JOBS))
+    assert len(by_onnx) >= 2 * len(_CASES) - 2
+    assert _comparable(by_onnx) == _comparable(by_torch)
+    assert {event.backend for _, event in by_onnx} == {"seqgpt"}
+    assert {event.backend for _, event in by_torch} == {"seqgpt-torch"}
+    assert onnx_tagger.generated_tokens > 0  # the unplaced lines were extracted
+
+
+def test_a_batch_equals_its_lines_tagged_one_by_one(onnx_tagger: SeqGPTTagger) -> None:
+    """Batching across jobs changes nothing but the interleaving of their events."""
+    batched = list(onnx_tagger.tag(_ALL_JOBS))
+    one_by_one = [
+        (i, event) for i, job in enumerate(_ALL_JOBS) for _, event in onnx_tagger.tag([job])
+    ]
+    for i in range(len(_ALL_JOBS)):
+        mine = [(0, e) for j, e in batched if j == i]
+        alone = [(0, e) for j, e in one_by_one if j == i]
+        assert _comparable(mine) == _comparable(alone)
+
+
+def test_events_are_well_formed_with_verbatim_spans(onnx_tagger: SeqGPTTagger) -> None:
+    """Each event's text or cue is line[start:end], t is the line's own stamp, in line order."""
+    events = list(onnx_tagger.tag(_ALL_JOBS))
+    assert {type(event) for _, event in events} >= {SpeechEvent}
+    for index, event in events:
+        job = _ALL_JOBS[index]
+        assert (event.stream, event.seq) == (job.stream, job.seq)
+        span = event.text if isinstance(event, SpeechEvent) else event.cue
+        assert job.text[event.start : event.end] == span
+        assert 0.0 < event.confidence <= 1.0
+        stamp = job.text[1:9] if job.text.startswith("[0") else job.t
+        assert event.t == stamp
+        if isinstance(event, MusicEvent):
+            assert event.type in MUSIC_TYPE_LABELS
+            assert event.mood in MUSIC_MOOD_LABELS
+        if isinstance(event, ActionEvent):
+            assert event.action in ACTION_LABELS
+    for index in range(len(_ALL_JOBS)):
+        starts = [event.start for i, event in events if i == index]
+        assert starts == sorted(starts)
+
+
+def test_sample_cues_get_one_event_each(onnx_tagger: SeqGPTTagger) -> None:
+    """Every sample line yields one event per expected event, the cues verbatim."""
+    events = list(onnx_tagger.tag(_ALL_JOBS[: len(_CASES)]))
+    for index, (_, expected_cues, expected_speakers) in enumerate(_CASES):
+        mine = [event for i, event in events if i == index]
+        cues = [event.cue for event in mine if not isinstance(event, SpeechEvent)]
+        speakers = [event.speaker for event in mine if isinstance(event, SpeechEvent)]
+        assert sorted(cues) == sorted(expected_cues)
+        assert speakers == expected_speakers
+
+
+def test_grammar_lines_generate_no_tokens(tiny_export_dir: Path) -> None:
+    """Lines the grammar fully places are answered by scoring alone: zero generated tokens."""
+    tagger = SeqGPTTagger.from_export(tiny_export_dir)
+    events = list(tagger.tag(_jobs([text for text, _, _ in _CASES])))
+    assert events
+    assert tagger.generated_tokens == 0
+    assert tagger.answerer.questions_asked > 0
+
+
+def test_speech_before_any_cue_leaves_before_model_work(tiny_export_dir: Path) -> None:
+    """A line that opens with speech yields it before a single question is asked."""
+    tagger = SeqGPTTagger.from_export(tiny_export_dir)
+    events = tagger.tag(_jobs(["[00:09:40] 队长（对白）：撤！快撤！ [爆炸声] [悲壮交响乐]"]))
+    _, first = next(events)
+    assert isinstance(first, SpeechEvent)
+    assert tagger.answerer.questions_asked == 0
+    rest = list(events)
+    assert tagger.answerer.questions_asked > 0
+    assert [e.cue for _, e in rest if not isinstance(e, SpeechEvent)] == ["爆炸声", "悲壮交响乐"]
+
+
+def test_ready_order_publishes_speech_first_then_cues(tiny_export_dir: Path) -> None:
+    """order=ready yields all grammar speech of a batch before model work, same events overall."""
+    ready = SeqGPTTagger.from_export(tiny_export_dir, order="ready")
+    jobs = _ALL_JOBS[:4]
+    events = ready.tag(jobs)
+    speech_count = sum(len(speakers) for _, _, speakers in _CASES[:4])
+    head = [next(events) for _ in range(speech_count)]
+    assert all(isinstance(event, SpeechEvent) for _, event in head)
+    assert ready.answerer.questions_asked == 0
+    in_position = SeqGPTTagger.from_export(tiny_export_dir).tag(jobs)
+    key = lambda item: (item[0], item[1].start)  # noqa: E731
+    assert _comparable(sorted([*head, *events], key=key)) == _comparable(
+        sorted(in_position, key=key)
+    )
+
+
+def test_non_verbatim_spans_are_dropped_and_counted(onnx_tagger: SeqGPTTagger) -> None:
+    """An extracted span not in the text is never published and raises dropped_spans."""
+    job = LineJob("demo", 7, "旁白 这是一个关于勇气的故事 警笛声")
+    line = onnx_tagger._plan(0, job)
+    ((_, region),) = line.regions
+    before = onnx_tagger.dropped_spans
+    answers = [
+        Answer("说话人", ("旁白",)),
+        Answer("台词", ("这是一个关于勇气的故事", "这句不在行里")),
+        Answer("音效", ("警笛声", "警笛声")),
+    ]
+    produced = [item for a in answers for item in onnx_tagger._read_answer(line, region, a, 0.5)]
+    assert onnx_tagger.dropped_spans == before + 1
+    speech = [event for event, _ in produced if event is not None]
+    assert [(e.speaker, e.text, job.text[e.start : e.end]) for e in speech] == [
+        ("旁白", "这是一个关于勇气的故事", "这是一个关于勇气的故事")
+    ]
+    cues = [cue for _, cue in produced if cue is not None]
+    assert [(c.text, c.kind) for c in cues] == [("警笛声", "音效")]  # the repeat is not new
+
+
+def test_generate_mode_gives_labels_or_counts_them(tiny_export_dir: Path) -> None:
+    """In generate mode every cue event's labels come from the label sets or are counted."""
+    tagger = SeqGPTTagger.from_export(tiny_export_dir, mode="generate")
+    events = list(tagger.tag(_ALL_JOBS[:6]))
+    cues = sum(len(cues) for _, cues, _ in _CASES[:6])
+    cue_events = [e for _, e in events if not isinstance(e, SpeechEvent)]
+    assert len(cue_events) + tagger.invalid_answers >= cues
+    for event in cue_events:
+        labels = (event.type, event.mood) if isinstance(event, MusicEvent) else (event.action,)
+        assert all(
+            label in (*MUSIC_TYPE_LABELS, *MUSIC_MOOD_LABELS, *ACTION_LABELS, "")
+            for label in labels
+        )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"mode": "sample"}, {"order": "random"}, {"num_beams": 0}, {"bogus": 1}, {"threads": "two"}],
+)
+def test_bad_options_are_config_errors(tiny_export_dir: Path, options: dict[str, object]) -> None:
+    """load_tagger refuses unknown or ill-typed options with a ConfigError naming them."""
+    with pytest.raises(ConfigError, match=next(iter(options))):
+        load_tagger("seqgpt", str(tiny_export_dir), **options)
