@@ -277,6 +277,10 @@ class Answerer:
             prompts instead (the default: batching wins on a GPU; reuse wins for long contexts
             on a CPU).
 
+    Attributes:
+        generated_tokens: Tokens generated so far (extraction, ``generate``-mode answers).
+        questions_asked: Prompts answered so far (closed and extraction).
+
     Raises:
         stream.errors.ConfigError: An option is out of range.
     """

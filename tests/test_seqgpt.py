@@ -342,3 +342,14 @@ def test_bad_options_are_config_errors(tiny_export_dir: Path, options: dict[str,
     """load_tagger refuses unknown or ill-typed options with a ConfigError naming them."""
     with pytest.raises(ConfigError, match=next(iter(options))):
         load_tagger("seqgpt", str(tiny_export_dir), **options)
+
+
+def test_beam_search_extraction_matches_between_backends(
+    tiny_export_dir: Path, tiny_model_dir: Path
+) -> None:
+    """With num_beams=2 both backends extract the same events from unplaced text."""
+    jobs = _jobs(_UNPLACED)
+    onnx = SeqGPTTagger.from_export(tiny_export_dir, num_beams=2, max_new_tokens=12)
+    reference = TorchSeqGPTTagger.from_pretrained(tiny_model_dir, num_beams=2, max_new_tokens=12)
+    assert _comparable(list(onnx.tag(jobs))) == _comparable(list(reference.tag(jobs)))
+    assert 0 < onnx.generated_tokens <= 12 * len(jobs)
