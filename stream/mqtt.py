@@ -96,6 +96,7 @@ class MqttBridge:
         self._unacked = 0
         self._seen = RecentKeys(config.mqtt.dedupe)
         self.connected = asyncio.Event()
+        self._stopping = False
         self.connections = 0
 
     # -- outbound ----------------------------------------------------------------------
@@ -109,6 +110,10 @@ class MqttBridge:
         outbox.append((f"{self._prefix}/{stream}/{_TOPIC_OF_KIND[kind]}", payload))
         if not self._wake.is_set():
             self._wake.set()
+
+    def stop(self) -> None:
+        """Mark the bridge as stopping; :meth:`run` returns instead of reconnecting."""
+        self._stopping = True
 
     async def flush(self, deadline: float) -> None:
         """Wait until every queued message is acknowledged, or ``time.monotonic()`` > deadline."""
@@ -238,5 +243,9 @@ class MqttBridge:
                 log.warning(
                     "MQTT: broker %s unavailable (%s); retrying in %.1f s", where, first, delay
                 )
+            if self._stopping:
+                # aiomqtt can turn our cancellation into an MqttError on its way out of
+                # `async with`; the shutdown must still win.
+                return
             await asyncio.sleep(delay)
             delay = min(max(delay * 2, 0.05), self._cfg.reconnect_max_s)

@@ -241,6 +241,8 @@ class Service:
         if self.ws.server is not None and not self._closed:
             self.ws.server.close()
         self.pipeline.close()
+        if self.mqtt is not None:
+            self.mqtt.stop()
         for task in self._loops:
             task.cancel()
         await group.__aexit__(exc_type, exc, tb)
