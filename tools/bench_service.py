@@ -1,0 +1,291 @@
+"""Service benchmark: N streams over WebSocket -> `subtag serve` -> one WebSocket subscriber.
+
+Starts the real service (rules backend) in its own process on a free loopback port, opens N
+``/ingest/{stream}`` connections and one ``/events`` subscriber, and steps the offered load.
+At each step it offers R lines/s for a few seconds (round-robin over the streams, sent in 5 ms
+ticks) and reports, from the ``done`` messages the subscriber received:
+
+* sustained lines/s (lines done during the step / its duration),
+* the latency the service adds per line, ``total - model`` from each ``done`` (p50, p99),
+* the client-observed latency, send -> ``done`` at the subscriber (p50, p99),
+* lost lines (sent but never done) and lost events (done.events vs events received).
+
+The last step offers "as fast as possible" (every stream keeps a window of lines in flight).
+The load generator shares the machine with the service, as it would on a 2-core box.
+
+    .venv/bin/python tools/bench_service.py                 # default steps, 50 streams
+    .venv/bin/python tools/bench_service.py --streams 100 --steps 1000,4000 --seconds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+from websockets.asyncio.client import ClientConnection, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from stream.schema import Done  # noqa: E402
+
+LINES = [
+    "[00:05:22] [轻柔竖琴泛音] 李佳琦（画外音）：姐妹们！这个精华水真的绝了！",
+    "[00:05:28] [滴答声] 助理（OS）：老师，pH试纸变蓝了…",
+    "[00:05:31] [玻璃瓶晃动声] 李佳琦（对白）：看！摇一摇，全是绵密泡泡！",
+    "[00:05:35] [欢快口哨声]",
+    "[00:01:10] [悬疑低音提琴滑音] 女主（OS）：他骗了我三年…",
+]
+_DONE_PREFIX = b'{"type":"done"'
+_DONE = msgspec.json.Decoder(Done)
+
+
+@dataclass
+class Step:
+    """One load step's measurements."""
+
+    offered: float | None
+    seconds: float
+    sent: int = 0
+    done: int = 0
+    events_reported: int = 0
+    events_received: int = 0
+    added_ms: list[float] = field(default_factory=list)
+    e2e_ms: list[float] = field(default_factory=list)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) of ``values`` (nearest rank)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# `subtag serve` without the CLI dispatcher (which imports every command's module).
+_SERVE = """
+import argparse, logging, sys
+from stream import service
+logging.basicConfig(level=logging.WARNING)
+parser = argparse.ArgumentParser()
+service.configure(parser)
+sys.exit(service.run(parser.parse_args()))
+"""
+
+
+def start_service(port: int, config: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, "-c", _SERVE, "--config", str(config), "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+async def wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            assert process.stderr is not None
+            raise SystemExit(f"the service exited:\n{process.stderr.read().decode()[-2000:]}")
+        with contextlib.suppress(OSError):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            status = await reader.readline()
+            writer.close()
+            if b" 200 " in status:
+                return
+        await asyncio.sleep(0.1)
+    raise SystemExit("the service did not become ready in 30 s")
+
+
+class Bench:
+    """The load generator: ingest connections, one subscriber, bookkeeping per line."""
+
+    def __init__(self, port: int, streams: int) -> None:
+        self.base = f"ws://127.0.0.1:{port}"
+        self.names = [f"b{i}" for i in range(streams)]
+        self.ingest: list[ClientConnection] = []
+        self.sent_at: dict[tuple[str, int], int] = {}
+        self.next_seq = dict.fromkeys(self.names, 0)
+        self.step: Step | None = None
+        self.outstanding = 0
+        self.window_free = asyncio.Event()
+        self.drained = asyncio.Event()
+
+    async def open(self) -> None:
+        self.subscriber = await connect(self.base + "/events", max_queue=None, max_size=None)
+        self.ingest = [
+            await connect(f"{self.base}/ingest/{name}", max_queue=None) for name in self.names
+        ]
+        self.reader = asyncio.create_task(self.read())
+
+    async def close(self) -> None:
+        self.reader.cancel()
+        for ws in [*self.ingest, self.subscriber]:
+            await ws.close()
+
+    async def read(self) -> None:
+        async for frame in self.subscriber:
+            now = time.perf_counter_ns()
+            step = self.step
+            data = frame if isinstance(frame, bytes) else frame.encode()
+            if not data.startswith(_DONE_PREFIX):
+                if step is not None:
+                    step.events_received += 1
+                continue
+            done = _DONE.decode(data)
+            sent = self.sent_at.pop((done.stream, done.seq), None)
+            self.outstanding -= 1
+            if self.outstanding < self.window_limit:
+                self.window_free.set()
+            if self.outstanding <= 0:
+                self.drained.set()
+            if step is None or sent is None:
+                continue
+            step.done += 1
+            step.events_reported += done.events
+            step.added_ms.append(done.latency.total - done.latency.model)
+            step.e2e_ms.append((now - sent) / 1e6)
+
+    window_limit = 1 << 30
+
+    def send(self, index: int) -> None:
+        """Send the next line of stream ``index`` without waiting."""
+        name = self.names[index]
+        seq = self.next_seq[name]
+        self.next_seq[name] = seq + 1
+        text = LINES[seq % len(LINES)]
+        payload = msgspec.json.encode({"text": text, "seq": seq})
+        self.sent_at[(name, seq)] = time.perf_counter_ns()
+        self.outstanding += 1
+        # The frame is written to the socket at once; the 5 ms tick awaits the drain.
+        ws = self.ingest[index]
+        ws.protocol.send_text(payload)
+        ws.send_data()
+
+    async def run_step(self, rate: float | None, seconds: float) -> Step:
+        step = Step(rate, seconds)
+        self.step = step
+        turn = 0
+        started = time.perf_counter()
+        if rate is None:
+            # As fast as possible: keep a bounded number of lines in flight.
+            self.window_limit = 20 * len(self.names)
+            while time.perf_counter() - started < seconds:
+                while self.outstanding < self.window_limit:
+                    self.send(turn % len(self.names))
+                    turn += 1
+                    step.sent += 1
+                self.window_free.clear()
+                await self.window_free.wait()
+        else:
+            tick = 0.005
+            per_tick = rate * tick
+            owed = 0.0
+            ticks = 0
+            while time.perf_counter() - started < seconds:
+                ticks += 1
+                owed += per_tick
+                while owed >= 1:
+                    self.send(turn % len(self.names))
+                    turn += 1
+                    owed -= 1
+                    step.sent += 1
+                await asyncio.sleep(max(0.0, started + ticks * tick - time.perf_counter()))
+        # Let the tail of the step arrive, but measure throughput over the offered period.
+        if self.outstanding > 0:
+            self.drained.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self.drained.wait()
+        step.seconds = max(seconds, 1e-9)
+        self.window_limit = 1 << 30
+        self.step = None
+        self.sent_at.clear()
+        self.outstanding = 0
+        return step
+
+
+def report(steps: list[Step], streams: int) -> str:
+    head = (
+        "| offered lines/s | sustained lines/s | added p50 ms | added p99 ms "
+        "| e2e p50 ms | e2e p99 ms | lost lines | lost events |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
+    rows = [head]
+    for s in steps:
+        offered = "max" if s.offered is None else f"{s.offered:,.0f}"
+        rows.append(
+            f"| {offered} | {s.done / s.seconds:,.0f} | {percentile(s.added_ms, 50):.2f} "
+            f"| {percentile(s.added_ms, 99):.2f} | {percentile(s.e2e_ms, 50):.2f} "
+            f"| {percentile(s.e2e_ms, 99):.2f} | {s.sent - s.done} "
+            f"| {s.events_reported - s.events_received} |"
+        )
+    return f"{streams} streams, rules backend, loopback\n\n" + "\n".join(rows)
+
+
+async def main(args: argparse.Namespace) -> int:
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "bench.toml"
+        config.write_text(
+            "[server]\nack_lines = false\n"
+            "[limits]\nlines_per_second = 0.0\n"
+            f"[scheduler]\nmax_batch = {args.max_batch}\nmax_wait_ms = {args.max_wait_ms}\n"
+            "queue_per_stream = 4096\nmax_queued = 200000\n"
+            "[fanout]\nsubscriber_queue = 200000\n",
+            encoding="utf-8",
+        )
+        process = start_service(port, config)
+        try:
+            await wait_ready(port, process)
+            bench = Bench(port, args.streams)
+            await bench.open()
+            await bench.run_step(200.0, 1.0)  # warm-up
+            steps: list[Step] = []
+            for value in args.steps.split(","):
+                rate = None if value == "max" else float(value)
+                step = await bench.run_step(rate, args.seconds)
+                steps.append(step)
+                print(
+                    f"offered {value:>6}: {step.done / step.seconds:8,.0f} lines/s, "
+                    f"added p99 {percentile(step.added_ms, 99):.2f} ms",
+                    file=sys.stderr,
+                )
+            await bench.close()
+        finally:
+            process.terminate()
+            process.wait(timeout=15)
+    print(report(steps, args.streams))
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=50)
+    parser.add_argument("--steps", default="500,1000,2000,4000,6000,8000,max")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--max-batch", type=int, default=64)
+    parser.add_argument("--max-wait-ms", type=float, default=1.0)
+    sys.exit(asyncio.run(main(parser.parse_args())))
