@@ -116,9 +116,17 @@ class MqttBridge:
         self._stopping = True
 
     async def flush(self, deadline: float) -> None:
-        """Wait until every queued message is acknowledged, or ``time.monotonic()`` > deadline."""
+        """Wait until every queued message is acknowledged, or ``time.monotonic()`` > deadline.
+
+        Without a broker connection there is nothing to wait for: the messages stay queued
+        only as long as the process lives.
+        """
+
         # Polling once at shutdown is simpler than tracking an "all acknowledged" event.
-        while (self._outbox or self._unacked) and time.monotonic() < deadline:  # noqa: ASYNC110
+        def pending() -> bool:
+            return bool(self._outbox or self._unacked) and self.connected.is_set()
+
+        while pending() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         if self._outbox or self._unacked:
             log.warning(

@@ -250,7 +250,7 @@ async def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.toml"
         config.write_text(
-            "[server]\nack_lines = false\n"
+            f"[server]\nack_lines = {'true' if args.ack else 'false'}\n"
             "[limits]\nlines_per_second = 0.0\n"
             f"[scheduler]\nmax_batch = {args.max_batch}\nmax_wait_ms = {args.max_wait_ms}\n"
             "queue_per_stream = 4096\nmax_queued = 200000\n"
@@ -288,4 +288,7 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--max-wait-ms", type=float, default=1.0)
+    parser.add_argument(
+        "--ack", action="store_true", help="also send each done back on its ingest connection"
+    )
     sys.exit(asyncio.run(main(parser.parse_args())))
