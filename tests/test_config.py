@@ -129,3 +129,17 @@ def test_replace_friendly() -> None:
     changed = dataclasses.replace(config, server=dataclasses.replace(config.server, port=0))
     assert changed.server.port == 0
     assert config.server.port == 8765
+
+
+def test_engine_choice_and_reason() -> None:
+    """auto picks seqgpt when a model is configured, else rules, and says why."""
+    from stream.service import choose_backend
+
+    config = load_config(None, environ={})
+    assert choose_backend(config) == ("rules", "no engine.model is configured")
+    with_model = dataclasses.replace(
+        config, engine=dataclasses.replace(config.engine, model="models/x")
+    )
+    assert choose_backend(with_model) == ("seqgpt", "engine.model is set (models/x)")
+    named = dataclasses.replace(config, engine=dataclasses.replace(config.engine, backend="rules"))
+    assert choose_backend(named) == ("rules", "engine.backend = 'rules'")
