@@ -91,7 +91,7 @@ async def test_mqtt_line_reaches_mqtt_and_ws_subscribers(
     assert [m for _, m in from_mqtt] == from_ws
     dones = [m for m in from_ws if isinstance(m, Done)]
     assert [(d.stream, d.seq, d.events) for d in dones] == [("cam2", 0, 2), ("cam2", 7, 1)]
-    assert svc.metrics.lines_mqtt._value.get() == 2
+    assert svc.metrics.lines_mqtt.value == 2
 
 
 async def test_mqtt_redelivered_line_is_not_tagged_twice(
@@ -106,7 +106,7 @@ async def test_mqtt_redelivered_line_is_not_tagged_twice(
     got = await mqtt_receive_until(mqtt_client, 2)
     dones = [m for _, m in got if isinstance(m, Done)]
     assert [d.seq for d in dones] == [3, 4]
-    assert svc.metrics.lines_done._value.get() == 2
+    assert svc.metrics.lines_done.value == 2
 
 
 async def test_bad_mqtt_payload_gets_an_error_on_the_errors_topic(
