@@ -360,7 +360,7 @@ async def test_broker_restart_mid_stream_loses_no_line_and_tags_none_twice(
     start_service: StartService, broker: Broker
 ) -> None:
     """Sent 0-19, broker restart, sent 15-39 (15-19 again): 40 lines done downstream, each
-    tagged once (5 redeliveries dropped by stream+seq), events deduped by stream+seq = done."""
+    tagged once (the 5 resent lines dropped by stream+seq), events deduped by stream+seq = done."""
     svc = await start_service(
         mqtt={
             "url": broker.url,
@@ -401,7 +401,8 @@ async def test_broker_restart_mid_stream_loses_no_line_and_tags_none_twice(
     assert svc.mqtt.connections >= 2
     assert downstream.connections >= 2
     assert await metric(svc, "subtag_lines_done_total") == 40
-    assert await metric(svc, "subtag_drops_total", '{reason="duplicate"}') == 5
+    # At least the 5 resent lines; a QoS 1 redelivery of a line in flight at the stop adds more.
+    assert await metric(svc, "subtag_drops_total", '{reason="duplicate"}') >= 5
     done_events = {m.seq: m.events for m in downstream.raw if isinstance(m, Done)}
     distinct_events = {
         (m.stream, m.seq, m.__struct_config__.tag, m.start)
