@@ -514,3 +514,36 @@ async def test_service_starts_without_its_broker_and_connects_when_it_appears(
         consumer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await consumer
+
+
+async def test_broker_outage_keeps_the_mqtt_outbox_bounded(
+    start_service: StartService, broker: Broker
+) -> None:
+    """Broker down, 30 lines over WebSocket (90 messages for MQTT), outbox of 10: WebSocket
+    gets all 30 done, 80 MQTT messages are dropped and counted, the newest 10 go out later."""
+    svc = await start_service(
+        mqtt={"url": broker.url, "client_id": "svc-outbox", "publish_queue": 10}
+    )
+    assert svc.mqtt is not None
+    await svc.mqtt.connected.wait()
+    # A consumer with a persistent session, so the broker keeps its subscription across the stop.
+    downstream = Downstream(broker, "downstream-outbox")
+    ready = asyncio.Event()
+    consumer = asyncio.create_task(downstream.run(ready))
+    try:
+        await ready.wait()
+        broker.stop()
+        await eventually(svc.mqtt.connected.is_set, False, within=5)
+        async with connect(ws_url(svc, "/ingest/outage")) as ws:
+            for seq in range(30):
+                await ws.send(line(seq))
+            acks = await receive(ws, 30)
+        assert [d.seq for d in dones(acks)] == list(range(30))
+        assert await metric(svc, "subtag_drops_total", '{reason="mqtt_queue"}') == 80
+        broker.start()
+        await eventually(lambda: 29 in downstream.done_seqs("outage"), True, within=10)
+    finally:
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+    assert len([m for m in downstream.raw if m.stream == "outage"]) <= 10
