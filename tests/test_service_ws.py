@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -425,3 +430,76 @@ async def test_http_routes(start_service: StartService) -> None:
     assert (await http_get(svc, "/static/nothing.js"))[0] == 404
     assert (await http_get(svc, "/static/../config.py"))[0] == 404
     assert (await http_get(svc, "/nowhere"))[0] == 404
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_serve_command_logs_its_engine_and_drains_on_sigterm() -> None:
+    """`subtag serve` says which engine and why, serves, and exits 0 after draining on SIGTERM."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "stream.cli", "serve", "--port", str(port),
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    ing = await connect(f"ws://127.0.0.1:{port}/ingest/cli")
+                    break
+                except OSError:
+                    await asyncio.sleep(0.1)
+            async with ing:
+                await ing.send(LINE)
+                (ack,) = await receive(ing, 1)
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.stderr is not None
+    log = (await proc.stderr.read()).decode()
+    assert isinstance(ack, Done)
+    assert "engine: loading rules because no engine.model is configured" in log
+    assert "shutdown: drained" in log
+
+
+def test_serve_with_bad_config_is_a_clear_error(tmp_path: Path) -> None:
+    """A bad config key ends `subtag serve` with exit 2 and a message naming the key."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[scheduler]\nmax_batch = 'a'\n", encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "serve", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert f"{bad}: [scheduler] max_batch must be an integer >= 1, got 'a'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+async def test_service_runs_the_tiny_seqgpt_export(
+    start_service: StartService, tiny_export_dir: Path
+) -> None:
+    """With engine.model set the service loads seqgpt in a worker thread and streams its events."""
+    svc = await start_service(engine={"model": str(tiny_export_dir)})
+    assert svc.tagger is not None
+    assert svc.tagger.name == "seqgpt"
+    assert not svc.pipeline.inline
+    async with connect(ws_url(svc, "/events")) as sub, connect(ws_url(svc, "/ingest/m")) as ing:
+        await ing.send(LINE)
+        got = await receive_until(sub, lambda ms: count_done(ms) == 1, within=60)
+        (ack,) = await receive(ing, 1)
+    assert isinstance(ack, Done)
+    assert ack.backend == "seqgpt"
+    assert len(events_of(got)) == ack.events
+    assert all(e.backend == "seqgpt" for e in events_of(got))
+    assert ack.latency.model > 0
