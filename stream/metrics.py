@@ -168,6 +168,7 @@ class ServiceMetrics:
         self.queue_depth = Gauge(
             "subtag_queue_depth", "Lines waiting in the scheduler queue.", registry=r
         )
+        self.in_flight = Gauge("subtag_lines_in_flight", "Lines in the engine.", registry=r)
         self.live_streams = Gauge("subtag_live_streams", "Streams with live state.", registry=r)
         self.subscribers = Gauge("subtag_subscribers", "Connected /events subscribers.", registry=r)
         self.connections = Gauge(

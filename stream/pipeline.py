@@ -158,7 +158,11 @@ class Pipeline:
         if refused is not None:
             return refused
         now = self._clock()
-        state = self.streams.admit(stream, now)
+        streams = self.streams
+        known = len(streams)
+        state = streams.admit(stream, now)
+        if len(streams) != known:
+            self._metrics.live_streams.set(len(streams))
         if state is None:
             return (
                 ErrorCode.TOO_MANY_STREAMS,
@@ -215,6 +219,7 @@ class Pipeline:
             batch = queue.take(now)
             metrics.queue_depth.set(queue.depth)
             metrics.batch_size.observe(len(batch))
+            metrics.in_flight.set(len(batch))
             for line in batch:
                 line.taken_ns = now
             try:
@@ -227,6 +232,7 @@ class Pipeline:
                     if state is not None and state.pins > 0:
                         state.pins -= 1
                 self.in_flight -= len(batch)
+                metrics.in_flight.set(0)
                 if self.in_flight == 0:
                     self._idle.set()
             # Let the adapters read and send between batches.
