@@ -91,7 +91,7 @@ class EngineConfig:
     )
     line_timeout_ms: float = field(
         default=5000.0,
-        metadata=_key("a batch step longer than this fails with engine_timeout", minimum=1),
+        metadata=_key("a model step silent this long fails with engine_timeout", minimum=1),
     )
     inline: Literal["auto", "always", "never"] = field(
         default="auto",

@@ -19,7 +19,9 @@ Failure policy: when a batch raises, its lines are re-run one at a time, skippin
 each already published (backends are deterministic), so only the failing line gets an
 ``engine_failed`` error. A batch step longer than ``engine.line_timeout_ms`` is abandoned (its
 worker thread is left to finish on its own and its late results are ignored) and retried the
-same way, so only the hung line gets ``engine_timeout``. Inline backends cannot be timed out.
+same way, so only the hung line gets ``engine_timeout``. The deadline counts from the last
+event the step yielded (a large batch that keeps producing is not cut off). Inline backends
+cannot be timed out.
 """
 
 from __future__ import annotations
@@ -306,10 +308,17 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         jobs: Sequence[LineJob] = [line.job for line in batch]  # type: ignore[misc]
         abandoned = False
+        timeout_s = self._timeout_s
+        watchdog: asyncio.Timeout | None = None
 
         def deliver(index: int, event: Event) -> None:
-            if not abandoned:
-                self._event(batch[index], event)
+            if abandoned:
+                return
+            if watchdog is not None:
+                # The deadline is for a step without progress, not for the whole batch: a
+                # big batch that keeps yielding is working, a silent one is hung.
+                watchdog.reschedule(loop.time() + timeout_s)
+            self._event(batch[index], event)
 
         def work() -> None:
             iterator: Iterator[tuple[int, Event]] = iter(tagger.tag(jobs))
@@ -322,7 +331,7 @@ class Pipeline:
             self._executor = concurrent.futures.ThreadPoolExecutor(1, "subtag-engine")
         future = loop.run_in_executor(self._executor, work)
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(timeout_s) as watchdog:
                 await future
                 # The deliveries were scheduled before the future's result: let them run.
                 await asyncio.sleep(0)
