@@ -40,7 +40,6 @@ from engine.prompts import (
     CLASSIFY,
     CUE_KIND_LABELS,
     EXTRACT,
-    INPUT_SEPARATOR,
     LINE_LABELS,
     MUSIC_MOOD_LABELS,
     MUSIC_TYPE_LABELS,
@@ -356,7 +355,8 @@ class SeqGPTTagger:
 
     def _question(self, line: _Line, cue: _Cue, labels: Sequence[str]) -> Question:
         text = compose_input(line.context, line.job.text, cue.text)
-        prefix = "输入: " + "".join(c + INPUT_SEPARATOR for c in line.context)
+        # The context block is what consecutive lines of the stream share (select_context).
+        prefix = "输入: " + compose_input(line.context, "") if line.context else ""
         return Question(build_prompt(text, CLASSIFY, labels), tuple(labels), prefix)
 
     def _common(self, line: _Line, start: int, end: int, confidence: float) -> dict[str, Any]:

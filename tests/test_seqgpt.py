@@ -353,3 +353,16 @@ def test_beam_search_extraction_matches_between_backends(
     reference = TorchSeqGPTTagger.from_pretrained(tiny_model_dir, num_beams=2, max_new_tokens=12)
     assert _comparable(list(onnx.tag(jobs))) == _comparable(list(reference.tag(jobs)))
     assert 0 < onnx.generated_tokens <= 12 * len(jobs)
+
+
+def test_prefix_cache_reuses_a_streams_context_with_the_same_events(
+    onnx_tagger: SeqGPTTagger, tiny_export_dir: Path
+) -> None:
+    """prefix_cache scores prompt by prompt, reusing context prefixes, and agrees with batching."""
+    cached = SeqGPTTagger.from_export(tiny_export_dir, prefix_cache=8, max_new_tokens=24)
+    jobs = _ALL_JOBS[:8]
+    assert _comparable(list(cached.tag(jobs))) == _comparable(list(onnx_tagger.tag(jobs)))
+    cache = cached.answerer.cache
+    assert cache is not None
+    assert cache.hits > 0
+    assert cache.reused_tokens > 0
