@@ -53,6 +53,12 @@ _PROTOCOL_LOG.setLevel(logging.INFO)
 # Stream ids appear in MQTT topics and URLs: no '/', '+', '#', spaces or control characters.
 STREAM_ID: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 
+# Close codes websockets sends on its own for a breach, and the error code they are counted as.
+_CLOSE_BREACHES: Final[dict[int, str]] = {
+    CloseCode.MESSAGE_TOO_BIG: ErrorCode.FRAME_TOO_LARGE,
+    CloseCode.INVALID_DATA: ErrorCode.BAD_ENCODING,
+}
+
 # Write-buffer size above which a pump waits for the socket instead of writing more.
 _HIGH_WATER: Final = 256 * 1024
 # Most messages framed into one socket write.
@@ -318,6 +324,10 @@ class WebSocketFrontend:
         except ConnectionClosed:
             pass
         finally:
+            sent = connection.protocol.close_sent
+            if sent is not None and sent.code in _CLOSE_BREACHES:
+                # websockets itself closed for a frame it would not read: count the breach.
+                metrics.error(_CLOSE_BREACHES[sent.code])
             metrics.connections.dec()
             pipeline.unpin(stream)
             await self._finish_pump(outbox, pump)
