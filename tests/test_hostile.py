@@ -7,6 +7,7 @@ it are tagged as usual, other clients notice nothing, and the server keeps runni
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import re
@@ -120,6 +121,13 @@ async def _error_count(svc: Service, code: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+async def _counted_soon(svc: Service, code: str, count: int) -> None:
+    """Wait until the server's handler has counted the breach (it may finish after the client)."""
+    async with asyncio.timeout(5):
+        while await _error_count(svc, code) != count:  # noqa: ASYNC110 - a metric has no event
+            await asyncio.sleep(0.01)
+
+
 @pytest.fixture
 async def svc(start_service: StartService) -> Service:
     """The real service (rules backend) with small, cheap-to-breach limits."""
@@ -181,6 +189,7 @@ async def test_invalid_utf8_text_frame_closes_with_1007_and_others_go_on(svc: Se
         with pytest.raises(ConnectionClosed):
             await ws.recv()
     assert ws.close_code == CloseCode.INVALID_DATA
+    await _counted_soon(svc, ErrorCode.BAD_ENCODING, 1)
     async with connect(ws_url(svc, "/ingest/bad-utf8")) as again:
         await again.send(GOOD[0])
         (done,) = await receive(again, 1)
@@ -196,6 +205,7 @@ async def test_megabyte_frame_closes_with_1009_and_others_go_on(svc: Service) ->
             with pytest.raises(ConnectionClosed):
                 await ws.recv()
         assert ws.close_code == CloseCode.MESSAGE_TOO_BIG
+        await _counted_soon(svc, ErrorCode.FRAME_TOO_LARGE, 1)
         await neighbour.send(GOOD[1])
         (done,) = await receive(neighbour, 1)
     assert isinstance(done, Done)
