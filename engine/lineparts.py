@@ -1,31 +1,22 @@
 """A subtitle line's parts as the SeqGPT tagger needs them: speech, cues, on-screen text, rest.
 
-Pure. Every part is a verbatim span of the line with its offsets (``line[start:end] == text``).
+Pure. A thin view of :func:`stream.grammar.parse_line`, the project's authoritative line grammar,
+so the rules and SeqGPT backends agree on structure. Every part is a verbatim span of the line
+with its offsets (``line[start:end] == text``): the utterance of a speech span (the speaker and
+status travel as fields), the inside of a cue's brackets, the on-screen text, the unplaced text.
 The tagger publishes speech as is, asks the model about cues, and extracts from the rest.
-
-Interim: this is a small reader of the shapes in /work/shared/samples (timestamps, ``[…]``,
-``（…）`` and ``♪ … ♪`` cues, ``+``-joined cues, ``speaker（status）：text``, ``字幕…：`` on-screen
-text). The project's authoritative line grammar is stream.grammar; when it lands this module
-becomes a thin mapping from its ``ParsedLine`` so both taggers agree on structure.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Literal
+
+from stream.grammar import CueSpan, OnScreenSpan, SpeechSpan, TextSpan, parse_line
 
 __all__ = ["LinePart", "line_parts"]
 
 PartKind = Literal["speech", "cue", "screen", "text"]
-
-_TIMESTAMP: Final = re.compile(r"\s*\[(\d{1,2}:\d{2}(?::\d{2})?(?:[.,]\d{1,3})?)\]")
-_CUE: Final = re.compile(r"\[([^\[\]]*)\]|♪([^♪]*)♪|（([^（）：:]*)）(?!\s*[：:])")
-_SPEAKER: Final = re.compile(
-    r"(?P<speaker>[^\s\[\]（）：:♪]{1,24})(?:（(?P<status>[^（）]*)）)?\s*[：:]\s*"
-)
-_SCREEN_SPEAKERS: Final = ("字幕", "屏幕", "弹幕", "画面", "标题", "文字")
-_CUE_JOINER: Final = "+"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,11 +25,11 @@ class LinePart:
 
     Attributes:
         kind: ``speech``, ``cue`` (heard: music or a sound), ``screen`` (on-screen text) or
-            ``text`` (anything the reader could not place).
+            ``text`` (anything the grammar could not place).
         start: Offset of ``text`` in the line.
         end: End offset of ``text``.
         text: The utterance, the cue's inner text, the on-screen text or the unplaced text.
-        speaker: The speaker (speech only).
+        speaker: The speaker (speech only; empty for a dialogue dash).
         status: The part in parentheses after the speaker, verbatim, may be empty.
     """
 
@@ -50,69 +41,33 @@ class LinePart:
     status: str = ""
 
 
-def _trimmed(line: str, start: int, end: int) -> tuple[int, int]:
-    while start < end and line[start].isspace():
-        start += 1
-    while end > start and line[end - 1].isspace():
-        end -= 1
-    return start, end
-
-
-def _cue_parts(line: str, start: int, end: int) -> list[LinePart]:
-    """A bracketed cue's inner text, split on ``+`` into separate cues."""
-    parts: list[LinePart] = []
-    position = start
-    for piece in line[start:end].split(_CUE_JOINER):
-        a, b = _trimmed(line, position, position + len(piece))
-        if a < b:
-            parts.append(LinePart("cue", a, b, line[a:b]))
-        position += len(piece) + len(_CUE_JOINER)
-    return parts
-
-
-def _free_parts(line: str, start: int, end: int) -> list[LinePart]:
-    """Speech (``speaker（status）：text``), on-screen text or unplaced text between cues."""
-    a, b = _trimmed(line, start, end)
-    if a >= b:
-        return []
-    match = _SPEAKER.match(line, a, b)
-    if match is None:
-        return [LinePart("text", a, b, line[a:b])]
-    speaker = match.group("speaker")
-    if speaker.startswith(_SCREEN_SPEAKERS):
-        return [LinePart("screen", a, b, line[a:b])]
-    text_start, text_end = _trimmed(line, match.end(), b)
-    if text_start >= text_end:
-        return [LinePart("text", a, b, line[a:b])]
-    return [
-        LinePart(
-            "speech",
-            text_start,
-            text_end,
-            line[text_start:text_end],
-            speaker=speaker,
-            status=match.group("status") or "",
-        )
-    ]
-
-
 def line_parts(line: str) -> tuple[str | None, list[LinePart]]:
-    """Split a line into its timestamp and parts, in line order.
+    """Parse a line into its first timestamp and its parts, in line order.
+
+    Speech without words (``队长（对白）：`` alone) is no part: there is nothing to publish.
 
     Returns:
         ``(timestamp or None, parts)``.
     """
-    timestamp = None
-    position = 0
-    stamp = _TIMESTAMP.match(line)
-    if stamp is not None:
-        timestamp = stamp.group(1)
-        position = stamp.end()
+    parsed = parse_line(line)
     parts: list[LinePart] = []
-    for cue in _CUE.finditer(line, position):
-        parts += _free_parts(line, position, cue.start())
-        group = next(g for g in (1, 2, 3) if cue.group(g) is not None)
-        parts += _cue_parts(line, cue.start(group), cue.end(group))
-        position = cue.end()
-    parts += _free_parts(line, position, len(line))
-    return timestamp, parts
+    for span in parsed.spans:
+        if isinstance(span, SpeechSpan):
+            if span.text:
+                parts.append(
+                    LinePart(
+                        "speech",
+                        span.text_start,
+                        span.text_end,
+                        span.text,
+                        speaker=span.speaker,
+                        status=span.status,
+                    )
+                )
+        elif isinstance(span, CueSpan):
+            parts.append(LinePart("cue", span.cue_start, span.cue_end, span.cue))
+        elif isinstance(span, OnScreenSpan):
+            parts.append(LinePart("screen", span.start, span.end, span.text))
+        elif isinstance(span, TextSpan):
+            parts.append(LinePart("text", span.start, span.end, span.text))
+    return parsed.timestamp, parts

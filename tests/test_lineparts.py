@@ -1,4 +1,4 @@
-"""The interim line reader the SeqGPT tagger builds its questions from."""
+"""The SeqGPT tagger's view of a line (stream.grammar underneath): verbatim parts in order."""
 
 from __future__ import annotations
 
