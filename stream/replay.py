@@ -6,7 +6,8 @@ The service acknowledges every line with ``done`` (or ``error``); replay waits f
 Over WebSocket a lost connection is re-opened with backoff and every line not yet acknowledged
 is sent again (at least once: a line whose ``done`` was lost in the drop is tagged twice).
 Over MQTT lines are published QoS 1 to ``{prefix}/{stream}/lines`` and acknowledgements are
-read from ``{prefix}/{stream}/done`` and ``.../errors``.
+read from ``{prefix}/{stream}/done`` and ``.../errors``; a line a draining service refused
+(``shutting_down``) is published again until acknowledged, so a restart loses nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 from urllib.parse import urlsplit
 
 import msgspec
@@ -30,6 +31,9 @@ from stream.schema import Done, Error, ErrorCode, InputLine, decode_outbound, en
 __all__ = ["ReplayResult", "configure", "replay", "run"]
 
 log = logging.getLogger(__name__)
+
+# How often lines refused with shutting_down are published again over MQTT.
+_RESEND_S: Final = 0.5
 
 
 class _Line(Protocol):
@@ -150,7 +154,12 @@ async def replay(
     raise InputError(f"--to must be ws://HOST:PORT/ingest/STREAM or mqtt://HOST:PORT, got {to!r}")
 
 
-def _account(result: ReplayResult, payload: str | bytes, pending: set[int]) -> None:
+def _account(
+    result: ReplayResult,
+    payload: str | bytes,
+    pending: set[int],
+    refused: set[int] | None = None,
+) -> None:
     try:
         message = decode_outbound(payload)
     except (msgspec.DecodeError, msgspec.ValidationError):
@@ -166,6 +175,8 @@ def _account(result: ReplayResult, payload: str | bytes, pending: set[int]) -> N
             # Not an answer about the line: it stays unacknowledged and is resent once the
             # connection to the (restarted) service is re-opened.
             result.retried += 1
+            if refused is not None:
+                refused.add(message.seq)
             return
         result.errors.append(message)
         if message.seq is not None:
@@ -260,6 +271,7 @@ async def _replay_mqtt(
     messages = _messages(lines)
     result = ReplayResult()
     pending: set[int] = set()
+    refused: set[int] = set()
     pacer = _Pacer(lines, speed, pace)
     started = time.monotonic()
     try:
@@ -272,7 +284,7 @@ async def _replay_mqtt(
             async def read() -> None:
                 async for message in client.messages:
                     if isinstance(message.payload, bytes):
-                        _account(result, message.payload, pending)
+                        _account(result, message.payload, pending, refused)
                     if result.sent == len(messages) and not pending:
                         return
 
@@ -282,12 +294,17 @@ async def _replay_mqtt(
                 pending.add(index)
                 await client.publish(f"{prefix}/{stream}/lines", text, qos=1)
                 result.sent += 1
+            deadline = time.monotonic() + ack_timeout
+            while pending and not reader.done() and time.monotonic() < deadline:
+                await asyncio.wait([reader], timeout=min(_RESEND_S, deadline - time.monotonic()))
+                # Lines a draining service refused go back to the broker, which holds them for
+                # the service's persistent session until it (or its successor) is back. Again
+                # every round until acknowledged: a copy the draining instance drops as a
+                # duplicate (same seq) gets no second error; the service dedupes the extras.
+                for seq in sorted(refused & pending):
+                    await client.publish(f"{prefix}/{stream}/lines", messages[seq], qos=1)
             if pending:
-                try:
-                    async with asyncio.timeout(ack_timeout):
-                        await reader
-                except TimeoutError:
-                    log.warning("replay: %d line(s) not acknowledged", len(pending))
+                log.warning("replay: %d line(s) not acknowledged", len(pending))
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
