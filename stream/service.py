@@ -30,7 +30,7 @@ from websockets.frames import CloseCode
 from engine.base import Tagger, load_tagger
 from stream.auth import Authenticator
 from stream.config import ServiceConfig, load_config
-from stream.errors import ConfigError, EngineError
+from stream.errors import ConfigError, EngineError, SubtagError
 from stream.fanout import Fanout
 from stream.metrics import ServiceMetrics
 from stream.mqtt import MqttBridge
@@ -155,8 +155,8 @@ class Service:
             started = time.perf_counter()
             try:
                 tagger = await asyncio.to_thread(load_tagger, backend, engine.model, **options)
-            except (ConfigError, EngineError):
-                raise
+            except SubtagError:
+                raise  # already a clear message (missing export, bad option, missing extra)
             except Exception as exc:
                 raise EngineError(f"cannot load the {backend} engine: {exc}") from exc
             log.info("engine: %s ready in %.2f s", tagger.name, time.perf_counter() - started)
