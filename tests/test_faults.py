@@ -29,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
 from engine.base import LineJob, load_tagger
+from stream.errors import InputError
 from stream.listen import listen
 from stream.replay import replay
 from stream.schema import (
@@ -583,3 +584,16 @@ async def test_service_restart_under_mqtt_replay_loses_no_line(broker: Broker) -
     assert result.retried > 0, "no line arrived during the drain: the resend went untested"
     assert (result.done, result.errors) == (30, [])
     assert tagged_by_first + tagged_by_second >= 30
+
+
+async def test_listen_gives_up_after_its_retries_with_a_clear_error() -> None:
+    """listen() on a port nobody serves: 3 attempts with backoff, then InputError naming it."""
+    url = f"ws://127.0.0.1:{_free_port()}/events"
+
+    async def drain() -> None:
+        async with asyncio.timeout(5):
+            async for _ in listen(url, retries=2, backoff=0.01):
+                pass
+
+    with pytest.raises(InputError, match="cannot reach"):
+        await drain()
