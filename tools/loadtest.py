@@ -532,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     if args.json:
-        print(json.dumps(asdict(report), indent=2))
+        print(json.dumps({**asdict(report), "ok": report.ok}, indent=2))
     else:
         print(report.summary())
     if report.duplicated or report.reordered:
