@@ -34,6 +34,7 @@ from stream.errors import ConfigError
 __all__ = ["MODES", "Answerer", "Choice", "Codec", "Question", "score_batch"]
 
 MODES = ("scores", "generate")
+_PREFIX_MEMO = 1024
 
 FloatArray = npt.NDArray[np.float32]
 Past = list[Any]
@@ -60,13 +61,15 @@ class Question:
     Attributes:
         prompt: The full prompt (``engine.prompts.build_prompt``).
         labels: The allowed answers.
-        prefix: The start of the prompt shared with neighbouring prompts of the stream (the
-            context block), whose KV cache a prefix cache keeps; empty when none.
+        prefixes: Starts of the prompt that other prompts share, shortest first: the
+            stream's context block (shared with the stream's next lines, kept by a prefix
+            cache) and the context plus the line (shared by all questions about the line).
+            A batch prefills each distinct longest prefix once.
     """
 
     prompt: str
     labels: tuple[str, ...]
-    prefix: str = ""
+    prefixes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,24 +99,60 @@ def _softmax(scores: FloatArray) -> FloatArray:
     return result
 
 
+def _prefill(
+    model: CausalLM, prompts: Sequence[Sequence[int]], shared: Sequence[int] | None
+) -> tuple[FloatArray, Past, npt.NDArray[np.int64]]:
+    """Prefill prompts; return each one's last hidden state, the past and the attention mask.
+
+    Without ``shared``: one left-padded pass. With it, prompts are grouped by their first
+    ``shared[i]`` tokens: each distinct prefix is prefilled once (one left-padded pass), its
+    cache fanned out to the prompts that share it, and the rest of each prompt fed in a second
+    pass, left-padded too. The padding between a prefix and a rest is masked out, and BLOOM's
+    ALiBi positions count only unmasked tokens, so every prompt sees exactly its own tokens.
+    """
+    if not shared or not any(shared):
+        ids, mask = left_pad(prompts, model.config.pad_id)
+        _, hidden, past = model.forward_hidden(ids, mask, None)
+        return hidden[:, -1], past, mask
+    # A prompt without a shared prefix still takes the two-pass path with its own prefix.
+    cuts = [n if 0 < n < len(ids) else len(ids) - 1 for ids, n in zip(prompts, shared, strict=True)]
+    groups: dict[tuple[int, ...], int] = {}
+    row_group = [
+        groups.setdefault(tuple(ids[:cut]), len(groups))
+        for ids, cut in zip(prompts, cuts, strict=True)
+    ]
+    head_ids, head_mask = left_pad(list(groups), model.config.pad_id)
+    _, _, head_past = model.forward_hidden(head_ids, head_mask, None)
+    rest_ids, rest_mask = left_pad(
+        [ids[cut:] for ids, cut in zip(prompts, cuts, strict=True)], model.config.pad_id
+    )
+    mask = np.concatenate([head_mask[row_group], rest_mask], axis=1)
+    _, hidden, past = model.forward_hidden(rest_ids, mask, model.select(head_past, row_group))
+    return hidden[:, -1], past, mask
+
+
 def score_batch(
     model: CausalLM,
     prompts: Sequence[Sequence[int]],
     candidate_sets: Sequence[Sequence[Sequence[int]]],
+    shared: Sequence[int] | None = None,
 ) -> list[list[float]]:
     """:func:`engine.decode.score_labels` for many prompts at once.
 
-    One left-padded prefill of every prompt, then at most one batched step over the candidate
-    prefixes that reach a deeper branch of their prompt's token trie (right-padded: padding after
-    real tokens cannot affect them, the model is causal). Each candidate's probability is the
-    product, along its path, of the model's probability of each allowed next token normalised
-    over the allowed ones, so each prompt's results sum to 1.
+    One batched prefill of every prompt (each shared prefix once, see ``shared``), then at most
+    one batched step over the candidate prefixes that reach a deeper branch of their prompt's
+    token trie (right-padded: padding after real tokens cannot affect them, the model is
+    causal). Each candidate's probability is the product, along its path, of the model's
+    probability of each allowed next token normalised over the allowed ones, so each prompt's
+    results sum to 1.
 
     Args:
         model: The model.
         prompts: Token ids of each prompt (ending with ``[GEN]``).
         candidate_sets: For each prompt, the token ids of each allowed answer (ending with EOS,
             so that none is a prefix of another).
+        shared: For each prompt, how many of its first tokens it shares with other prompts
+            (0: none); shared prefixes are prefilled once.
 
     Returns:
         One probability list per prompt, one entry per candidate.
@@ -130,11 +169,10 @@ def score_batch(
         for a in cands:
             if any(a != b and b[: len(a)] == a for b in cands):
                 raise ValueError(f"candidate {list(a)} is a prefix of another; end each label")
-    ids, mask = left_pad(prompts, model.config.pad_id)
-    _, hidden, past = model.forward_hidden(ids, mask, None)
+    last, past, mask = _prefill(model, prompts, shared)
     branching = [_branching(cands) for cands in sets]
     hidden_at: list[dict[tuple[int, ...], FloatArray]] = [
-        {(): hidden[row, -1]} for row in range(len(prompts))
+        {(): last[row]} for row in range(len(prompts))
     ]
     rows: list[tuple[int, tuple[int, ...]]] = []
     for prompt, (cands, branches) in enumerate(zip(sets, branching, strict=True)):
@@ -311,6 +349,8 @@ class Answerer:
         self.cache = PrefixCache(model, prefix_cache) if prefix_cache else None
         self.eos_id = model.config.eos_id
         self._label_ids: dict[str, tuple[int, ...]] = {}
+        # Prefix texts recur for every question of a line and every line of a context block.
+        self._prefix_ids: dict[str, list[int]] = {}
         self.generated_tokens = 0
         self.questions_asked = 0
 
@@ -333,7 +373,11 @@ class Answerer:
         candidates = [[self._answer_ids(label) for label in q.labels] for q in questions]
         if self.cache is None:
             prompts = [self.codec.encode(q.prompt) for q in questions]
-            scores = score_batch(self.model, prompts, candidates)
+            shared = [
+                max(self._prefix_lengths(q, ids), default=0)
+                for q, ids in zip(questions, prompts, strict=True)
+            ]
+            scores = score_batch(self.model, prompts, candidates, shared)
         else:
             scores = [
                 score_labels(self.model, ids, cands, state=self._prefill(q, ids))
@@ -346,16 +390,24 @@ class Answerer:
             choices.append(Choice(question.labels[best], probs[best]))
         return choices
 
+    def _prefix_lengths(self, question: Question, ids: list[int]) -> list[int]:
+        """Token lengths of the question's shared prefixes that are token prefixes of ``ids``."""
+        lengths: list[int] = []
+        for prefix in question.prefixes:
+            head = self._prefix_ids.get(prefix)
+            if head is None:
+                if len(self._prefix_ids) >= _PREFIX_MEMO:
+                    self._prefix_ids.clear()  # a live service sees new lines forever
+                head = self._prefix_ids[prefix] = self.codec.encode(prefix)
+            # A BPE merge across the boundary would make the prefix a different token
+            # sequence: then it is not shared, and the prompt is prefilled whole.
+            if 0 < len(head) < len(ids) and ids[: len(head)] == head:
+                lengths.append(len(head))
+        return lengths
+
     def _prefill(self, question: Question, ids: list[int]) -> Any:
         assert self.cache is not None
-        keep: list[int] = []
-        if question.prefix:
-            head = self.codec.encode(question.prefix)
-            # Keep the context block's state only where it is a token prefix of the prompt
-            # (a BPE merge across the boundary would make it a different sequence).
-            if ids[: len(head)] == head:
-                keep.append(len(head))
-        return self.cache.prefill(ids, keep_at=keep)
+        return self.cache.prefill(ids, keep_at=self._prefix_lengths(question, ids))
 
     def _choose_by_generation(self, questions: Sequence[Question]) -> list[Choice | None]:
         longest = max(len(self._answer_ids(label)) for q in questions for label in q.labels)

@@ -69,12 +69,33 @@ def test_batched_scoring_equals_scoring_each_prompt(torch_model: TorchCausalLM) 
         assert sum(probs) == pytest.approx(1.0, abs=1e-5)
 
 
+def test_shared_prefixes_are_prefilled_once_with_the_same_scores(
+    torch_model: TorchCausalLM,
+) -> None:
+    """Grouped prefill (shared prefix once, rests left-padded after it) changes no probability."""
+    codec = _torch_codec(torch_model)
+    eos = torch_model.config.eos_id
+    head = "输入: [00:05:20] 上一句\t[00:05:22] [轻柔竖琴泛音] 女主（OS）：他骗了我三年…\t"
+    texts = ["轻柔竖琴泛音", "女主", "他骗了我三年…"]
+    prompts = [codec.encode(build_prompt(head[4:] + t, CLASSIFY, CUE_KIND_LABELS)) for t in texts]
+    prompts.append(codec.encode(build_prompt("另一行", CLASSIFY, CUE_KIND_LABELS)))
+    shared = [len(codec.encode(head))] * 3 + [0]
+    assert all(p[: shared[0]] == prompts[0][: shared[0]] for p in prompts[:3])
+    candidates = [[(*codec.encode(label), eos) for label in CUE_KIND_LABELS]] * len(prompts)
+    grouped = score_batch(torch_model, prompts, candidates, shared)
+    plain = score_batch(torch_model, prompts, candidates)
+    for a, b in zip(grouped, plain, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
 def test_prefix_cache_scoring_equals_batched_scoring(torch_model: TorchCausalLM) -> None:
     """Scoring through the prefix cache picks the same labels with the same probabilities."""
     codec = _torch_codec(torch_model)
     context = "[00:05:20] 上一句\t"
     questions = [
-        Question(build_prompt(context + text, CLASSIFY, labels), tuple(labels), "输入: " + context)
+        Question(
+            build_prompt(context + text, CLASSIFY, labels), tuple(labels), ("输入: " + context,)
+        )
         for text, labels in _QUESTIONS
     ]
     batched = Answerer(torch_model, codec).choose(questions)
