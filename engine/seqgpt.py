@@ -9,7 +9,8 @@ per line low):
 1. per cue, ``分类: 音乐，音效`` by label-constrained scoring (zero generated tokens): music or
    a sound effect (an ``action`` event), with a real probability as the event's confidence;
 2. per cue, its details, also scored over closed label sets: a music cue's type and mood, a
-   sound cue's implied action;
+   sound cue's implied action. Asked in the same batched pass as step 1 (the questions about
+   a line share its prefix, prefilled once), so a cue's event needs one model round;
 3. per stretch of text the grammar could not place, ``抽取: 说话人，台词，音乐，音效`` decoded
    greedily; each answer line is parsed the moment it ends, its spans checked verbatim against
    the text (a span that is not a substring is dropped and counted in :attr:`dropped_spans`),
