@@ -453,6 +453,7 @@ async def test_serve_command_logs_its_engine_and_drains_on_sigterm() -> None:
                     ing = await connect(f"ws://127.0.0.1:{port}/ingest/cli")
                     break
                 except OSError:
+                    assert proc.returncode is None, "subtag serve exited at start-up"
                     await asyncio.sleep(0.1)
             async with ing:
                 await ing.send(LINE)
