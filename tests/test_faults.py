@@ -43,7 +43,7 @@ from stream.schema import (
     encode_str,
 )
 from stream.service import Service
-from tests.support.broker import Broker
+from tests.support.broker import Broker, MakeBroker
 from tests.support.service import (
     StartService,
     http_get,
@@ -357,11 +357,14 @@ async def _publish(broker: Broker, stream: str, seqs: Sequence[int]) -> None:
             await client.publish(f"subtag/{stream}/lines", line(seq), qos=1)
 
 
+@pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])
 async def test_broker_restart_mid_stream_loses_no_line_and_tags_none_twice(
-    start_service: StartService, broker: Broker
+    start_service: StartService, make_broker: MakeBroker, kill: bool
 ) -> None:
-    """Sent 0-19, broker restart, sent 15-39 (15-19 again): 40 lines done downstream, each
-    tagged once (the 5 resent lines dropped by stream+seq), events deduped by stream+seq = done."""
+    """Sent 0-19, broker stopped (SIGTERM, or SIGKILL with autosave on every change) and
+    restarted, sent 15-39 (15-19 again): 40 lines done downstream, each tagged once (the
+    resent lines dropped by stream+seq), events deduped by stream+seq = sum of done.events."""
+    broker = make_broker(autosave=kill)
     svc = await start_service(
         mqtt={
             "url": broker.url,
@@ -384,7 +387,8 @@ async def test_broker_restart_mid_stream_loses_no_line_and_tags_none_twice(
             while len(downstream.done_seqs("mq")) < 5:
                 downstream.changed.clear()
                 await downstream.changed.wait()
-        broker.stop()  # SIGTERM: mosquitto writes its persistence and exits
+        # SIGTERM: mosquitto writes its persistence and exits; SIGKILL: only what autosave wrote.
+        broker.stop(kill=kill)
         await asyncio.sleep(0.3)
         broker.start()
         # A client that never saw acknowledgements for 15-19 resends them: the service must

@@ -55,6 +55,8 @@ class Broker:
         directory: Holds ``mosquitto.conf``, ``mosquitto.log`` and the persistence database.
         username: The user of the password file, when the broker requires one.
         password: That user's password.
+        autosave: Whether the persistence database is written after every change (so a
+            SIGKILL loses nothing acknowledged), not only at shutdown.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class Broker:
         *,
         username: str | None = None,
         password: str | None = None,
+        autosave: bool = False,
     ) -> None:
         self.binary = binary
         self.directory = directory
@@ -72,6 +75,7 @@ class Broker:
         self.url = f"mqtt://{self.host}:{self.port}"
         self.username = username
         self.password = password
+        self.autosave = autosave
         self.config_path = directory / "mosquitto.conf"
         self.log_path = directory / "mosquitto.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -97,6 +101,10 @@ class Broker:
             # Without it mosquitto's small writes wait for delayed ACKs (~40 ms per message).
             "set_tcp_nodelay true",
         ]
+        if self.autosave:
+            # Write the persistence database after every change, so that even a SIGKILL
+            # loses nothing the broker acknowledged (at a cost per message: tests only).
+            lines += ["autosave_on_changes true", "autosave_interval 1"]
         if os.geteuid() == 0:
             # As root, mosquitto 2 drops to the 'mosquitto' user, which cannot write our
             # temporary persistence directory; stay the current user instead.
@@ -194,9 +202,11 @@ class Broker:
 
 
 class MakeBroker(Protocol):
-    """``make_broker(username=None, password=None)`` -> a started :class:`Broker`."""
+    """``make_broker(username=None, password=None, autosave=False)`` -> a started Broker."""
 
-    def __call__(self, *, username: str | None = None, password: str | None = None) -> Broker: ...
+    def __call__(
+        self, *, username: str | None = None, password: str | None = None, autosave: bool = False
+    ) -> Broker: ...
 
 
 @pytest.fixture
@@ -207,11 +217,15 @@ def make_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MakeBroker
         pytest.skip("mosquitto is not installed (looked in /usr/sbin and on PATH)")
     started: list[Broker] = []
 
-    def make(*, username: str | None = None, password: str | None = None) -> Broker:
+    def make(
+        *, username: str | None = None, password: str | None = None, autosave: bool = False
+    ) -> Broker:
         if (username is None) != (password is None):
             raise ValueError("give both username and password, or neither")
         directory = tmp_path_factory.mktemp("mosquitto")
-        instance = Broker(binary, directory, username=username, password=password)
+        instance = Broker(
+            binary, directory, username=username, password=password, autosave=autosave
+        )
         started.append(instance)
         instance.start()
         return instance
