@@ -175,3 +175,19 @@ def test_composed_input_has_one_segment_per_part(
     segments = composed.split("\t")
     assert len(segments) == len(context) + 1 + (focus is not None)
     assert "\n" not in composed
+
+
+@given(
+    text=st.text(alphabet=st.sampled_from("台词说话人: ：\t\nNone音乐ab"), max_size=40),
+    cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=8),
+)
+def test_parsing_in_pieces_equals_parsing_whole(text: str, cuts: list[int]) -> None:
+    """However the output is split into pieces, the answers are those of the whole text."""
+    parser = AnswerParser()
+    answers: list[Answer] = []
+    previous = 0
+    for cut in sorted({min(c, len(text)) for c in cuts}):
+        answers += parser.feed(text[previous:cut])
+        previous = cut
+    answers += parser.feed(text[previous:])
+    assert answers + parser.close() == parse_answers(text)
