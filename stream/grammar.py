@@ -304,8 +304,10 @@ class _Scanner:
         cues.append((piece_start, inner_end))
         kept = [(a, b) for a, b in (_strip(self.line, x, y) for x, y in cues) if a < b]
         if not kept:
-            # Empty brackets (``[]``, ``（ ）``) place nothing: keep them as text.
-            self.spans.append(TextSpan(pos, end, self.line[pos:end]))
+            # Empty brackets (``[]``, ``（ ）``) place nothing: keep them as text (trimmed: a
+            # lone ``♪`` runs to the end of the line, trailing spaces included).
+            a, b = _strip(self.line, pos, end)
+            self.spans.append(TextSpan(a, b, self.line[a:b]))
             return end
         for k, (a, b) in enumerate(kept):
             span_start = pos if k == 0 else a
