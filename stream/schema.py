@@ -143,8 +143,8 @@ OutboundMessage = SpeechEvent | MusicEvent | ActionEvent | Done | Error
 
 _ENCODER: Final = msgspec.json.Encoder()
 _INPUT_DECODER: Final = msgspec.json.Decoder(InputLine)
-_EVENT_DECODER: Final = msgspec.json.Decoder(Event)
-_STATUS_DECODER: Final = msgspec.json.Decoder(Done | Error)
+_EVENT_DECODER: Final[msgspec.json.Decoder[Event]] = msgspec.json.Decoder(Event)
+_STATUS_DECODER: Final[msgspec.json.Decoder[Done | Error]] = msgspec.json.Decoder(Done | Error)
 
 
 class _Envelope(msgspec.Struct):
