@@ -14,7 +14,7 @@ from typing import Literal
 
 from stream.grammar import CueSpan, OnScreenSpan, SpeechSpan, TextSpan, parse_line
 
-__all__ = ["LinePart", "line_parts"]
+__all__ = ["LinePart", "line_parts", "screen_action"]
 
 PartKind = Literal["speech", "cue", "screen", "text"]
 
@@ -71,3 +71,15 @@ def line_parts(line: str) -> tuple[str | None, list[LinePart]]:
         elif isinstance(span, TextSpan):
             parts.append(LinePart("text", span.start, span.end, span.text))
     return parsed.timestamp, parts
+
+
+def screen_action(text: str) -> str:
+    """What on-screen text implies: its label (``字幕弹出`` in ``字幕弹出：…``), else ``画面文字``.
+
+    The rules backend's policy (stream.rules), so both backends report on-screen text alike.
+    """
+    for colon in ("：", ":"):
+        label, found, _ = text.partition(colon)
+        if found and 0 < len(label.strip()) <= 8:
+            return label.strip()
+    return "画面文字"

@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 
 from engine.base import LineJob
 from engine.decode import CausalLM
-from engine.lineparts import line_parts
+from engine.lineparts import line_parts, screen_action
 from engine.prompts import (
     ACTION_LABELS,
     CLASSIFY,
@@ -47,10 +47,12 @@ from engine.prompts import (
     Answer,
     build_prompt,
     compose_input,
+    normalize_label,
     select_context,
 )
 from engine.questions import MODES, Answerer, Choice, Codec, Question
 from stream.errors import ConfigError
+from stream.rules import load_lexicon
 from stream.schema import ActionEvent, Event, MusicEvent, SpeechEvent
 
 __all__ = ["ORDERS", "SeqGPTTagger", "TaggerOptions"]
@@ -129,6 +131,7 @@ class _Cue:
     kind: str | None = None  # _MUSIC or _SOUND once known
     confidence: float = 0.0
     event: Event | None = None
+    action: str = ""  # decided without the model (on-screen text: its label)
 
 
 @dataclass(slots=True)
@@ -316,22 +319,18 @@ class SeqGPTTagger:
         the line's prefix, which is prefilled once, so the unused ones cost only their short
         rest, and the line's events need one model pass instead of two in a row.
         """
-        asked: list[tuple[_Cue, tuple[str, ...], Question]] = []
+        asked: list[tuple[_Cue, str, Question]] = []
         for cue in cues:
-            sets: list[tuple[str, ...]] = [CUE_KIND_LABELS] if cue.kind is None else []
-            if cue.kind in (None, _MUSIC):
-                sets += [MUSIC_TYPE_LABELS, MUSIC_MOOD_LABELS]
-            if cue.kind in (None, _SOUND):
-                sets.append(ACTION_LABELS)
+            sets = _question_sets(cue)
             line = lines[cue.job]
-            asked += [(cue, labels, self._question(line, cue, labels)) for labels in sets]
-        answers: dict[tuple[int, tuple[str, ...]], Choice | None] = {}
+            asked += [(cue, what, self._question(line, cue, labels)) for what, labels in sets]
+        answers: dict[tuple[int, str], Choice | None] = {}
         choices = self.answerer.choose([question for _, _, question in asked])
-        for (cue, labels, _), choice in zip(asked, choices, strict=True):
-            answers[id(cue), labels] = choice
+        for (cue, what, _), choice in zip(asked, choices, strict=True):
+            answers[id(cue), what] = choice
         for cue in cues:
             if cue.kind is None:
-                kind = answers[id(cue), CUE_KIND_LABELS]
+                kind = answers[id(cue), "kind"]
                 if kind is None:
                     self.invalid_answers += 1
                     continue
@@ -341,13 +340,12 @@ class SeqGPTTagger:
                 cue.event = MusicEvent(
                     **common,
                     cue=cue.text,
-                    type=self._label(answers[id(cue), MUSIC_TYPE_LABELS]),
-                    mood=self._label(answers[id(cue), MUSIC_MOOD_LABELS]),
+                    type=self._label(answers[id(cue), "type"]),
+                    mood=self._label(answers[id(cue), "mood"]),
                 )
             else:
-                cue.event = ActionEvent(
-                    **common, cue=cue.text, action=self._label(answers[id(cue), ACTION_LABELS])
-                )
+                action = cue.action or self._label(answers[id(cue), "action"])
+                cue.event = ActionEvent(**common, cue=cue.text, action=action)
         for line in lines:
             for slot, cue in line.cues:
                 if slot.events is None and (cue.event is not None or cue.kind is None):
@@ -442,8 +440,10 @@ class SeqGPTTagger:
             elif part.kind == "cue":
                 line.cues.append((slot, _Cue(index, part.text, part.start, part.end)))
             elif part.kind == "screen":
-                # On-screen text is shown, not heard: an action whatever the model would say.
+                # On-screen text is shown, not heard: an action whatever the model would say,
+                # and its label (字幕弹出) says what happens: nothing to ask.
                 cue = _Cue(index, part.text, part.start, part.end, _SOUND, _GRAMMAR_CONFIDENCE)
+                cue.action = screen_action(part.text)
                 line.cues.append((slot, cue))
             elif any(ch.isalnum() for ch in part.text):
                 line.regions.append((slot, _Region(index, part.text, part.start)))
@@ -451,6 +451,42 @@ class SeqGPTTagger:
                 continue  # punctuation or blanks between parts: nothing to ask
             line.slots.append(slot)
         return line
+
+
+def _with_lexicon(word: str | None, labels: tuple[str, ...]) -> tuple[str, ...]:
+    """The label set with the rules lexicon's reading of the cue first, when it has one."""
+    if not word or word in labels:
+        return labels
+    try:
+        normalize_label(word)
+    except ValueError:
+        return labels
+    return (word, *labels)
+
+
+def _question_sets(cue: _Cue) -> list[tuple[str, tuple[str, ...]]]:
+    """The closed questions to ask about a cue: its kind if unknown, and both kinds' details.
+
+    Each detail set is seeded with the rules lexicon's word for the cue (``低音提琴`` in
+    ``悬疑低音提琴滑音``), so the model can pick the specific word the lexicon knows or a
+    generic label; the lexicon only proposes, the model's scores decide.
+    """
+    if cue.action:
+        return []
+    lexicon = load_lexicon()
+    text = cue.text.lower()
+    sets: list[tuple[str, tuple[str, ...]]] = []
+    if cue.kind is None:
+        sets.append(("kind", CUE_KIND_LABELS))
+    if cue.kind in (None, _MUSIC):
+        found = lexicon.instruments.best(text) or lexicon.genres.best(text)
+        mood = lexicon.moods.best(text)
+        sets.append(("type", _with_lexicon(found and found[1], MUSIC_TYPE_LABELS)))
+        sets.append(("mood", _with_lexicon(mood and mood[1], MUSIC_MOOD_LABELS)))
+    if cue.kind in (None, _SOUND):
+        action = lexicon.actions.best(text)
+        sets.append(("action", _with_lexicon(action and action[1], ACTION_LABELS)))
+    return sets
 
 
 def _short_provider(name: str) -> str:

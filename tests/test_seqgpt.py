@@ -26,9 +26,10 @@ from engine.prompts import (
 )
 from engine.questions import Answerer, Codec, Question, score_batch
 from engine.reference import TorchSeqGPTTagger
-from engine.seqgpt import SeqGPTTagger
+from engine.seqgpt import SeqGPTTagger, _question_sets
 from engine.session import OrtCausalLM
 from stream.errors import ConfigError
+from stream.rules import load_lexicon
 from stream.schema import ActionEvent, Event, MusicEvent, SpeechEvent
 
 
@@ -214,6 +215,13 @@ def torch_tagger(tiny_model_dir: Path) -> TorchSeqGPTTagger:
     return TorchSeqGPTTagger.from_pretrained(tiny_model_dir, max_new_tokens=24)
 
 
+_LEXICON = {
+    "type": {*load_lexicon().instruments.values.values(), *load_lexicon().genres.values.values()},
+    "mood": set(load_lexicon().moods.values.values()),
+    "action": set(load_lexicon().actions.values.values()),
+}
+
+
 def _comparable(events: list[tuple[int, Event]]) -> list[tuple[int, dict[str, object]]]:
     rows = []
     for index, event in events:
@@ -262,10 +270,10 @@ def test_events_are_well_formed_with_verbatim_spans(onnx_tagger: SeqGPTTagger) -
         stamp = job.text[1:9] if job.text.startswith("[0") else job.t
         assert event.t == stamp
         if isinstance(event, MusicEvent):
-            assert event.type in MUSIC_TYPE_LABELS
-            assert event.mood in MUSIC_MOOD_LABELS
+            assert event.type in (*MUSIC_TYPE_LABELS, *_LEXICON["type"])
+            assert event.mood in (*MUSIC_MOOD_LABELS, *_LEXICON["mood"])
         if isinstance(event, ActionEvent):
-            assert event.action in ACTION_LABELS
+            assert event.action in (*ACTION_LABELS, *_LEXICON["action"], "字幕弹出")
     for index in range(len(_ALL_JOBS)):
         starts = [event.start for i, event in events if i == index]
         assert starts == sorted(starts)
@@ -387,3 +395,29 @@ def test_prefix_cache_reuses_a_streams_context_with_the_same_events(
     assert cache is not None
     assert cache.hits > 0
     assert cache.reused_tokens > 0
+
+
+def test_on_screen_text_is_a_certain_action_and_lexicon_words_are_offered(
+    tiny_export_dir: Path,
+) -> None:
+    """On-screen text needs no question; a cue's lexicon word joins its detail label set."""
+    tagger = SeqGPTTagger.from_export(tiny_export_dir)
+    job = LineJob("demo", 0, "[00:03:07] 字幕弹出：【薛定谔方程】|【EPR佯谬】")
+    events = list(tagger.tag([job]))
+    ((_, event),) = events
+    assert isinstance(event, ActionEvent)
+    assert (event.cue, event.action, event.confidence) == (
+        "字幕弹出：【薛定谔方程】|【EPR佯谬】",
+        "字幕弹出",
+        1.0,
+    )
+    assert tagger.answerer.questions_asked == 0
+    line = tagger._plan(0, LineJob("demo", 1, "[00:01:10] [悬疑低音提琴滑音]"))
+    ((_, cue),) = line.cues
+    sets = dict(_question_sets(cue))
+    assert sets["kind"] == CUE_KIND_LABELS
+    assert sets["type"] == ("低音提琴", *MUSIC_TYPE_LABELS)
+    assert sets["mood"] == MUSIC_MOOD_LABELS  # 悬疑 is already a generic label
+    tagged = list(tagger.tag([LineJob("demo", 1, "[00:01:10] [悬疑低音提琴滑音]")]))
+    assert len(tagged) == 1
+    assert tagger.answerer.questions_asked == 4  # kind, type, mood, action: one round
