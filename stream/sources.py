@@ -100,6 +100,12 @@ def _subtitle_lines(text: str, suffix: str, where: str) -> list[SourceLine]:
             continue
         start, end = int(event.start), int(event.end)
         lines.append(SourceLine(len(lines) + 1, body, format_ms(start), start, end))
+    if not lines and text.strip():
+        # pysubs2 reads many malformed files as empty ones; silence would lose the whole file.
+        raise InputError(
+            f"{where}: no {fmt.upper()} cues found in a non-empty file; "
+            "check that the file really is that format"
+        )
     return lines
 
 
