@@ -51,6 +51,21 @@ _PUBLISHERS: Final = 16
 # ACK (40 ms on Linux), which was most of a line's latency over MQTT.
 _NO_DELAY: Final = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
 
+
+class _NoPendingPublishNotes(logging.Filter):
+    """Drops aiomqtt's "There are N pending publish calls" warning.
+
+    aiomqtt warns on every publish beyond 10 awaiting their PUBACK; the bridge runs
+    ``_PUBLISHERS`` of them on purpose, so under load that warning was 70 000 log lines in 30 s.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pending publish calls" not in record.getMessage()
+
+
+_CLIENT_LOG: Final = logging.getLogger("stream.mqtt.client")
+_CLIENT_LOG.addFilter(_NoPendingPublishNotes())
+
 _TOPIC_OF_KIND: Final = {
     "speech": "events",
     "music": "events",
@@ -225,6 +240,7 @@ class MqttBridge:
             max_inflight_messages=_PUBLISHERS * 4,
             timeout=10,
             socket_options=_NO_DELAY,
+            logger=_CLIENT_LOG,
         )
 
     async def run(self) -> None:
