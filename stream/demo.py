@@ -37,6 +37,7 @@ from stream.schema import ActionEvent, Done, Error, MusicEvent, OutboundMessage,
 if TYPE_CHECKING:
     from stream.replay import ReplayResult
     from stream.service import Service
+    from stream.sources import SourceLine
 
 __all__ = ["DEMO_SAMPLE", "DemoView", "configure", "run"]
 
@@ -195,12 +196,19 @@ async def _start(
 
     try:
         return await stack.enter_async_context(Service(config))
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE or config.server.port == 0:
+    except (OSError, BaseExceptionGroup) as exc:
+        # The bind error may arrive wrapped in the service's task group.
+        if not _address_in_use(exc) or config.server.port == 0:
             raise
     console.print(f"[yellow]port {config.server.port} is busy; using a free port instead[/]")
     config = dataclasses.replace(config, server=dataclasses.replace(config.server, port=0))
     return await stack.enter_async_context(Service(config))
+
+
+def _address_in_use(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_address_in_use(inner) for inner in exc.exceptions)
+    return isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE
 
 
 def _banner(url: str, name: str, plain: bool, console: Console) -> None:
@@ -257,7 +265,7 @@ async def _wait_for_subscriber(service: Service, before: int) -> None:
 
 async def _demo(
     config: ServiceConfig,
-    lines: Sequence[object],
+    lines: Sequence[SourceLine],
     args: argparse.Namespace,
     console: Console,
     plain: bool,
@@ -295,7 +303,7 @@ async def _demo(
             nonlocal result
             await _wait_for_subscriber(service, before)
             result = await replay(
-                lines,  # type: ignore[arg-type]
+                lines,
                 f"{ws_base}/ingest/{args.stream}",
                 speed=args.speed,
                 pace=args.pace,
