@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
-from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -12,24 +13,17 @@ from stream.errors import InputError
 from stream.listen import events_url, listen
 from stream.replay import replay
 from stream.schema import Done, OutboundMessage
+from stream.sources import SourceLine, read_subtitle_file
 from tests.support.broker import Broker
 from tests.support.service import StartService, ws_url
 
-
-@dataclass(frozen=True)
-class Cue:
-    """A subtitle line as replay reads it: text and start time."""
-
-    text: str
-    start_ms: int | None
-
-
 LINES = [
-    Cue("[00:00:01] [掌声] 主持人（对白）：欢迎！", 1000),
-    Cue("[00:00:02] [欢快口哨声]", 1200),
-    Cue("[00:00:03] 嘉宾：谢谢。", 1400),
-    Cue("没有时间的一句", None),
+    SourceLine(1, "[00:00:01] [掌声] 主持人（对白）：欢迎！", start_ms=1000),
+    SourceLine(2, "[00:00:02] [欢快口哨声]", start_ms=1200),
+    SourceLine(3, "[00:00:03] 嘉宾：谢谢。", start_ms=1400),
+    SourceLine(4, "没有时间的一句"),
 ]
+DEMO_SRT = Path(__file__).resolve().parent.parent / "stream" / "samples" / "demo.srt"
 
 
 async def collect(url: str, dones: int) -> list[OutboundMessage]:
@@ -99,3 +93,29 @@ async def test_replay_over_mqtt(start_service: StartService, broker: Broker) -> 
         await svc.mqtt.connected.wait()
     result = await replay(LINES, broker.url, stream="radio", pace=False)
     assert (result.sent, result.done, result.errors) == (4, 4, [])
+
+
+async def test_replay_and_listen_commands(start_service: StartService) -> None:
+    """`subtag replay FILE --to ws://` and `subtag listen --count` work end to end."""
+    svc = await start_service()
+    cues = len(read_subtitle_file(DEMO_SRT))
+    listen_cmd = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "stream.cli", "listen", ws_url(svc, "/events"),
+        "--kind", "done", "--count", str(cues), "--json",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(30):
+        while len(svc.fanout) == 0:  # noqa: ASYNC110 - waiting for the listener to subscribe
+            await asyncio.sleep(0.05)
+        replay_cmd = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "stream.cli", "replay", str(DEMO_SRT),
+            "--to", ws_url(svc, "/ingest/demo"), "--no-pace",
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, replay_err = await replay_cmd.communicate()
+        listened, _ = await listen_cmd.communicate()
+    assert replay_cmd.returncode == 0
+    assert f"sent {cues} line(s), {cues} done" in replay_err.decode()
+    assert listen_cmd.returncode == 0
+    dones = [line for line in listened.decode().splitlines() if '"type":"done"' in line]
+    assert len(dones) == cues
