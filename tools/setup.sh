@@ -27,8 +27,10 @@ need_apt=()
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     need_apt+=(mosquitto)
 fi
-if [ "${SUBTAG_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1; then
-    need_apt+=(chromium)
+if [ "${SUBTAG_SKIP_BROWSER:-0}" != 1 ]; then
+    # The viewer test drives Debian's Chromium; a CJK font makes its screenshot readable.
+    command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+    fc-list 2>/dev/null | grep -qiE "wqy|noto sans cjk" || need_apt+=(fonts-wqy-microhei)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]} from Debian packages" >&2
