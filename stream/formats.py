@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Final, Literal, TextIO
 
 from stream.errors import ConfigError
-from stream.schema import ActionEvent, Event, MusicEvent, SpeechEvent, encode_str
+from stream.schema import ActionEvent, Event, MusicEvent, SpeechEvent, encode_str, event_kind
 from stream.timecode import FrameRate, format_clock_ms, parse_clock_ms, parse_fps
 
 __all__ = [
@@ -198,16 +198,6 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _kind(event: Event) -> str:
-    match event:
-        case SpeechEvent():
-            return "speech"
-        case MusicEvent():
-            return "music"
-        case ActionEvent():
-            return "action"
-
-
 def _marker_name(event: Event) -> str:
     match event:
         case SpeechEvent():
@@ -357,7 +347,7 @@ def _write_edl(lines: Iterable[TaggedLine], out: TextIO, rate: FrameRate) -> Non
         taken.add(frame)
         tc_in, tc_out = rate.timecode(frame), rate.timecode(frame + 1)
         name = _marker_name(marker.event).replace("|", "/")  # '|' separates the note fields
-        kind = _kind(marker.event)
+        kind = event_kind(marker.event)
         out.write(f"{number:03d}  001      V     C        {tc_in} {tc_out} {tc_in} {tc_out}\n")
         out.write(f" |C:{EDL_COLORS[kind]} |M:{name} |D:{marker.frames}\n\n")
 

@@ -26,6 +26,7 @@ __all__ = [
     "decode_outbound",
     "encode",
     "encode_str",
+    "event_kind",
 ]
 
 
@@ -153,6 +154,17 @@ class _Envelope(msgspec.Struct):
 
 
 _ENVELOPE_DECODER: Final = msgspec.json.Decoder(_Envelope)
+
+
+def event_kind(event: Event) -> str:
+    """The event's ``kind`` tag: ``speech``, ``music`` or ``action``."""
+    match event:
+        case SpeechEvent():
+            return "speech"
+        case MusicEvent():
+            return "music"
+        case ActionEvent():
+            return "action"
 
 
 def encode(message: OutboundMessage | InputLine) -> bytes:

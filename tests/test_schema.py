@@ -16,6 +16,7 @@ from stream.schema import (
     decode_input,
     decode_outbound,
     encode,
+    event_kind,
 )
 
 COMMON = {"stream": "s1", "seq": 3, "t": "00:05:22", "start": 0, "end": 4}
@@ -76,3 +77,9 @@ def test_input_validation_errors(payload: str, error: type[Exception]) -> None:
     """Wrong types, missing text, unknown fields and broken JSON raise msgspec errors."""
     with pytest.raises(error):
         decode_input(payload)
+
+
+def test_event_kind_names_the_tag() -> None:
+    """event_kind returns the same name the wire carries in ``kind``."""
+    event = MusicEvent(**COMMON, confidence=1.0, backend="rules", cue="琴", type="琴", mood="")
+    assert event_kind(event) == msgspec.json.decode(encode(event))["kind"] == "music"

@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
 
 from engine.base import BACKENDS, Tagger, load_tagger  # noqa: E402
 from stream.errors import InputError, SubtagError  # noqa: E402
-from stream.schema import ActionEvent, Event, MusicEvent, SpeechEvent  # noqa: E402
+from stream.schema import Event, SpeechEvent, event_kind  # noqa: E402
 from stream.sources import SourceLine  # noqa: E402
 from stream.tagfile import tag_lines  # noqa: E402
 
@@ -101,18 +101,8 @@ def load_gold(path: str) -> list[GoldLine]:
     return rows
 
 
-def _kind(event: Event) -> str:
-    match event:
-        case SpeechEvent():
-            return "speech"
-        case MusicEvent():
-            return "music"
-        case ActionEvent():
-            return "action"
-
-
 def _matches(gold: Mapping[str, Any], event: Event) -> bool:
-    kind = _kind(event)
+    kind = event_kind(event)
     gold_kind = gold.get("kind")
     if not (gold_kind == kind or (gold_kind == "either" and kind in ("music", "action"))):
         return False
@@ -133,7 +123,7 @@ def match_line(
     """Match one line's predictions to its gold events and add the counts to ``report``."""
     unmatched = list(range(len(gold)))
     for event in predicted:
-        kind = _kind(event)
+        kind = event_kind(event)
         hit = next((g for g in unmatched if _matches(gold[g], event)), None)
         if hit is None:
             report.kinds[kind].fp += 1
