@@ -94,7 +94,7 @@ HOSTILE: list[tuple[str | bytes, str | None]] = [
 
 # Every kind of unbalanced bracket: each opener or closer alone, and each opener closed by
 # every other kind's closer. All are legal text: tagged (done), never an error or a crash.
-PAIRS = ("[]", "【】", "（）", "()", "〔〕", "「」", "♪♪")
+PAIRS = (("[", "]"), ("【", "】"), ("（", "）"), ("(", ")"), ("〔", "〕"), ("「", "」"), ("♪", "♪"))
 HOSTILE += [(f"[00:00:03] {o}门铃 旁白（OS）：好", None) for o, _ in PAIRS]
 HOSTILE += [(f"[00:00:03] 门铃{c} 旁白（OS）：好", None) for _, c in PAIRS]
 HOSTILE += [
