@@ -7,7 +7,7 @@ shared; adapters call :func:`decode_input` and :func:`encode` and never build JS
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Annotated, Final
 
 import msgspec
 
@@ -30,17 +30,22 @@ __all__ = [
 ]
 
 
+# JavaScript clients lose integer precision past 2**53, and a negative seq has no meaning.
+Seq = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
+
+
 class InputLine(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One subtitle line as a client sends it.
 
     Attributes:
         text: The subtitle line, verbatim.
-        seq: The client's sequence number for the line; the server assigns one when absent.
+        seq: The client's sequence number for the line (0 to 2**53 - 1); the server assigns
+            one when absent.
         t: A timestamp the client vouches for (used when the line itself carries none).
     """
 
     text: str
-    seq: int | None = None
+    seq: Seq | None = None
     t: str | None = None
 
 

@@ -83,3 +83,10 @@ def test_event_kind_names_the_tag() -> None:
     """event_kind returns the same name the wire carries in ``kind``."""
     event = MusicEvent(**COMMON, confidence=1.0, backend="rules", cue="琴", type="琴", mood="")
     assert event_kind(event) == msgspec.json.decode(encode(event))["kind"] == "music"
+
+
+@pytest.mark.parametrize("seq", [-1, 2**53])
+def test_input_seq_range(seq: int) -> None:
+    """A negative seq, or one JavaScript cannot represent exactly, is refused."""
+    with pytest.raises(msgspec.ValidationError, match="seq"):
+        decode_input(f'{{"text": "a", "seq": {seq}}}')
