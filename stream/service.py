@@ -80,6 +80,7 @@ class Service:
         if config.mqtt.url:
             self.mqtt = MqttBridge(config, self.pipeline, self.metrics)
         self.ready = False
+        self.failure: BaseException | None = None
         self._given_tagger = tagger
         self._group: asyncio.TaskGroup | None = None
         self._shutdown = asyncio.Event()
@@ -130,7 +131,8 @@ class Service:
             )
             await self._load_engine()
             # The scheduler ends by itself once drained; the loops below run until cancelled.
-            group.create_task(self.pipeline.run(), name="scheduler")
+            scheduler = group.create_task(self.pipeline.run(), name="scheduler")
+            scheduler.add_done_callback(self._scheduler_ended)
             self._loops.append(group.create_task(self._expire_streams(), name="stream-expiry"))
             if self.mqtt is not None:
                 self._loops.append(group.create_task(self.mqtt.run(), name="mqtt"))
@@ -165,6 +167,18 @@ class Service:
         self.pipeline.tagger = tagger
         self.ready = True
         self.metrics.ready.set(1)
+
+    def _scheduler_ended(self, task: asyncio.Task[None]) -> None:
+        # The scheduler only returns once drained; if it dies, no line would ever be tagged
+        # again while /healthz still said 200. Say so, go unready, and shut down so that a
+        # supervisor restarts the process (serve exits non-zero).
+        if task.cancelled() or task.exception() is None:
+            return
+        self.failure = task.exception()
+        log.error("the scheduler failed; shutting down", exc_info=self.failure)
+        self.ready = False
+        self.metrics.ready.set(0)
+        self.request_shutdown()
 
     async def _expire_streams(self) -> None:
         period = max(0.05, min(self.config.window.idle_expiry_s / 4, 30.0))
@@ -266,7 +280,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the service until SIGINT/SIGTERM, then drain and exit 0."""
+    """Run the service until SIGINT/SIGTERM, then drain; 0, or 1 if the scheduler failed."""
     config = load_config(args.config)
     server = config.server
     if args.host is not None or args.port is not None:
@@ -287,15 +301,22 @@ def run(args: argparse.Namespace) -> int:
             f"auth is on (host {config.server.host!r} is not loopback) but no tokens are set; "
             "set $SUBTAG_TOKENS, add [[auth.tokens]], or set auth.enabled = 'off'"
         )
-    asyncio.run(_serve(config))
-    return 0
+    failed = asyncio.run(_serve(config))
+    return 1 if failed else 0
 
 
-async def _serve(config: ServiceConfig) -> None:
+async def _serve(config: ServiceConfig) -> bool:
     loop = asyncio.get_running_loop()
     log.info("config: %s", config.source)
-    async with Service(config) as service:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, service.request_shutdown)
-        await service.wait_closed()
-        log.info("shutdown requested: draining")
+    service = Service(config)
+    try:
+        async with service:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, service.request_shutdown)
+            await service.wait_closed()
+            log.info("shutdown requested: draining")
+    except BaseExceptionGroup:
+        if service.failure is None:
+            raise
+        # The scheduler's failure was logged with its traceback when it happened.
+    return service.failure is not None
