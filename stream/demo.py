@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import errno
 import os
 import signal
@@ -171,6 +172,9 @@ def run(args: argparse.Namespace) -> int:
     if args.duration is not None and args.duration <= 0:
         raise InputError("--duration must be > 0")
     from stream.sources import read_subtitle_file
+
+    # The demo's own connections opening and closing are noise in its table.
+    logging.getLogger("stream.ws.protocol").setLevel(logging.WARNING)
 
     sample = args.sample or Path(str(resources.files("stream").joinpath("samples", DEMO_SAMPLE)))
     lines = read_subtitle_file(sample)
