@@ -14,8 +14,8 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import errno
+import logging
 import os
 import signal
 import time
