@@ -19,7 +19,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["CONTENT_TYPE", "Count", "LabeledCount", "LatencyHistogram", "ServiceMetrics"]
+__all__ = [
+    "CONTENT_TYPE",
+    "ENGINE_COUNTERS",
+    "Count",
+    "LabeledCount",
+    "LatencyHistogram",
+    "ServiceMetrics",
+]
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 
@@ -127,12 +134,29 @@ class _Exporter(Collector):
         done = CounterMetricFamily("subtag_lines_done", "Lines closed with done.")
         done.add_metric([], m.lines_done.value)
         yield done
+        engine = CounterMetricFamily(
+            "subtag_engine",
+            "The model backend's own counters: dropped_spans (spans not verbatim in the line, "
+            "never published), invalid_answers, generated_tokens.",
+            labels=["counter"],
+        )
+        # Read at scrape time from the tagger itself, so the hot path counts nothing twice.
+        for name in ENGINE_COUNTERS:
+            value = getattr(m.engine, name, None) if m.engine is not None else None
+            if isinstance(value, int):
+                engine.add_metric([name], value)
+        yield engine
+
+
+ENGINE_COUNTERS: Final = ("dropped_spans", "invalid_answers", "generated_tokens")
+"""Counters a model backend may keep as int attributes; exported as ``subtag_engine_total``."""
 
 
 class ServiceMetrics:
     """The service's histograms, counters and gauges (names prefixed ``subtag_``)."""
 
     def __init__(self) -> None:
+        self.engine: object | None = None  # the tagger in use, read for ENGINE_COUNTERS
         self.line_latency = LatencyHistogram(
             "subtag_line_latency_seconds",
             "Per-line total latency: frame received until its done message was sent.",

@@ -165,6 +165,7 @@ class Service:
         inline = self.config.engine.inline
         self.pipeline.inline = inline == "always" or (inline == "auto" and tagger.name == "rules")
         self.pipeline.tagger = tagger
+        self.metrics.engine = tagger
         self.ready = True
         self.metrics.ready.set(1)
 

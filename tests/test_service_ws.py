@@ -504,3 +504,8 @@ async def test_service_runs_the_tiny_seqgpt_export(
     assert len(events_of(got)) == ack.events
     assert all(e.backend == "seqgpt" for e in events_of(got))
     assert ack.latency.model > 0
+    # The tagger's own counters (dropped spans, generated tokens) are exported at scrape time.
+    status, _, body = await http_get(svc, "/metrics")
+    assert status == 200
+    assert b'subtag_engine_total{counter="dropped_spans"}' in body
+    assert b'subtag_engine_total{counter="generated_tokens"}' in body
