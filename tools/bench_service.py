@@ -13,8 +13,16 @@ ticks) and reports, from the ``done`` messages the subscriber received:
 The last step offers "as fast as possible" (every stream keeps a window of lines in flight).
 The load generator shares the machine with the service, as it would on a 2-core box.
 
+Baseline, measured in the same run with the same client and steps: a bare WebSocket relay
+(``--baseline relay``, the least a hand-written service must do: decode each line's JSON, encode
+a ``done`` for it and broadcast it to the subscribers, no tagging, windows, scheduling or
+metrics). The table prints the service's sustained rate and client-observed latency as ratios to
+the relay's. PNG plots (throughput vs offered load, latency vs load, latency CDF per step) are
+written to ``--plot-dir`` (default ``artifacts/bench_service``).
+
     .venv/bin/python tools/bench_service.py                 # default steps, 50 streams
     .venv/bin/python tools/bench_service.py --streams 100 --steps 1000,4000 --seconds 3
+    .venv/bin/python tools/bench_service.py --baseline none --plot-dir ''   # service only
 """
 
 from __future__ import annotations
@@ -89,6 +97,57 @@ parser = argparse.ArgumentParser()
 service.configure(parser)
 sys.exit(service.run(parser.parse_args()))
 """
+
+
+# The baseline: a bare relay with the same wire protocol for what the benchmark reads.
+_RELAY = """
+import asyncio, sys
+import msgspec
+from websockets.asyncio.server import broadcast, serve
+from stream.schema import Done, InputLine, Latency, encode
+
+subscribers = set()
+decode = msgspec.json.Decoder(InputLine).decode
+zero = Latency(0.0, 0.0, 0.0, None, 0.0)
+
+async def handler(ws):
+    path = ws.request.path
+    if path.startswith("/events"):
+        subscribers.add(ws)
+        try:
+            await ws.wait_closed()
+        finally:
+            subscribers.discard(ws)
+        return
+    stream = path.rsplit("/", 1)[-1]
+    async for frame in ws:
+        line = decode(frame)
+        broadcast(subscribers, encode(Done(stream, line.seq or 0, 0, zero, "relay")).decode())
+
+def health(connection, request):
+    if request.path == "/healthz":
+        return connection.respond(200, "ok")
+    return None
+
+async def main():
+    async with serve(handler, "127.0.0.1", int(sys.argv[1]), process_request=health,
+                     max_queue=None):
+        await asyncio.Future()
+
+asyncio.run(main())
+"""
+
+
+def start_relay(port: int) -> subprocess.Popen[bytes]:
+    """Start the baseline relay on ``port``."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, "-c", _RELAY, str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def start_service(port: int, config: Path) -> subprocess.Popen[bytes]:
@@ -227,26 +286,120 @@ class Bench:
         return step
 
 
-def report(steps: list[Step], streams: int) -> str:
+def _offered(step: Step) -> str:
+    return "max" if step.offered is None else f"{step.offered:,.0f}"
+
+
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}x" if base > 0 and value == value and base == base else "-"
+
+
+def report(steps: list[Step], streams: int, baseline: list[Step] | None = None) -> str:
+    """The table: one row per step, the service against the baseline where there is one."""
     head = (
-        "| offered lines/s | sustained lines/s | added p50 ms | added p99 ms "
-        "| e2e p50 ms | e2e p99 ms | lost lines | lost events |\n"
-        "|---|---|---|---|---|---|---|---|"
+        "| offered lines/s | sustained lines/s | added p50 / p95 / p99 ms "
+        "| e2e p50 / p95 / p99 ms | lost lines | lost events |"
     )
-    rows = [head]
-    for s in steps:
-        offered = "max" if s.offered is None else f"{s.offered:,.0f}"
-        rows.append(
-            f"| {offered} | {s.done / s.seconds:,.0f} | {percentile(s.added_ms, 50):.2f} "
-            f"| {percentile(s.added_ms, 99):.2f} | {percentile(s.e2e_ms, 50):.2f} "
-            f"| {percentile(s.e2e_ms, 99):.2f} | {s.sent - s.done} "
+    if baseline:
+        head += (
+            " relay sustained | relay e2e p50 / p99 ms | sustained vs relay | e2e p50 vs relay |"
+        )
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for i, s in enumerate(steps):
+        added = " / ".join(f"{percentile(s.added_ms, q):.2f}" for q in (50, 95, 99))
+        e2e = " / ".join(f"{percentile(s.e2e_ms, q):.2f}" for q in (50, 95, 99))
+        row = (
+            f"| {_offered(s)} | {s.done / s.seconds:,.0f} | {added} | {e2e} | {s.sent - s.done} "
             f"| {s.events_reported - s.events_received} |"
         )
-    return f"{streams} streams, rules backend, loopback\n\n" + "\n".join(rows)
+        if baseline:
+            b = baseline[i]
+            b50, b99 = percentile(b.e2e_ms, 50), percentile(b.e2e_ms, 99)
+            row += (
+                f" {b.done / b.seconds:,.0f} | {b50:.2f} / {b99:.2f} "
+                f"| {_ratio(s.done / s.seconds, b.done / b.seconds)} "
+                f"| {_ratio(percentile(s.e2e_ms, 50), b50)} |"
+            )
+        rows.append(row)
+    title = f"{streams} streams, rules backend, loopback"
+    if baseline:
+        title += "; baseline: bare WebSocket relay (no tagging), same client and steps"
+    return title + "\n\n" + "\n".join(rows)
+
+
+def write_plots(directory: Path, runs: dict[str, list[Step]]) -> list[Path]:
+    """Throughput vs offered load, latency vs load and a latency CDF per step, as PNGs."""
+    from tools.plots import latency_cdf, latency_vs_load, throughput_vs_load
+
+    def load(step: Step) -> float:
+        return step.offered if step.offered is not None else step.sent / step.seconds
+
+    written = [
+        throughput_vs_load(
+            {n: [(load(s), s.done / s.seconds) for s in steps] for n, steps in runs.items()},
+            directory / "throughput_vs_load.png",
+            title="Sustained vs offered lines/s (loopback, 2 cores)",
+        ),
+        latency_vs_load(
+            {
+                n: [
+                    (load(s), percentile(s.e2e_ms, 50), percentile(s.e2e_ms, 99))
+                    for s in steps
+                    if s.e2e_ms
+                ]
+                for n, steps in runs.items()
+            },
+            directory / "latency_vs_load.png",
+            title="Send -> done latency (p50, p99) vs offered load",
+        ),
+    ]
+    service = runs["subtag serve"]
+    written.append(
+        latency_cdf(
+            {f"{_offered(s)} lines/s": s.e2e_ms for s in service if s.e2e_ms},
+            directory / "latency_cdf.png",
+            title="subtag serve: send -> done latency per offered load",
+        )
+    )
+    return written
+
+
+async def run_steps(port: int, args: argparse.Namespace, label: str) -> list[Step]:
+    """Open the clients against ``port`` and run every step, with a progress bar."""
+    from stream.progress import track
+
+    bench = Bench(port, args.streams)
+    await bench.open()
+    await bench.run_step(200.0, 1.0)  # warm-up
+    steps: list[Step] = []
+    for value in track(args.steps.split(","), description=label):
+        rate = None if value == "max" else float(value)
+        step = await bench.run_step(rate, args.seconds)
+        steps.append(step)
+        print(
+            f"{label}: offered {value:>6}: {step.done / step.seconds:8,.0f} lines/s, "
+            f"e2e p99 {percentile(step.e2e_ms, 99):.2f} ms",
+            file=sys.stderr,
+        )
+    await bench.close()
+    return steps
+
+
+async def _measure(process: subprocess.Popen[bytes], port: int, args: argparse.Namespace,
+                   label: str) -> list[Step]:  # fmt: skip
+    try:
+        await wait_ready(port, process)
+        return await run_steps(port, args, label)
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
 
 
 async def main(args: argparse.Namespace) -> int:
-    port = free_port()
+    baseline: list[Step] | None = None
+    if args.baseline == "relay":
+        port = free_port()
+        baseline = await _measure(start_relay(port), port, args, "relay")
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "bench.toml"
         config.write_text(
@@ -257,27 +410,15 @@ async def main(args: argparse.Namespace) -> int:
             "[fanout]\nsubscriber_queue = 200000\n",
             encoding="utf-8",
         )
-        process = start_service(port, config)
-        try:
-            await wait_ready(port, process)
-            bench = Bench(port, args.streams)
-            await bench.open()
-            await bench.run_step(200.0, 1.0)  # warm-up
-            steps: list[Step] = []
-            for value in args.steps.split(","):
-                rate = None if value == "max" else float(value)
-                step = await bench.run_step(rate, args.seconds)
-                steps.append(step)
-                print(
-                    f"offered {value:>6}: {step.done / step.seconds:8,.0f} lines/s, "
-                    f"added p99 {percentile(step.added_ms, 99):.2f} ms",
-                    file=sys.stderr,
-                )
-            await bench.close()
-        finally:
-            process.terminate()
-            process.wait(timeout=15)
-    print(report(steps, args.streams))
+        port = free_port()
+        steps = await _measure(start_service(port, config), port, args, "subtag serve")
+    print(report(steps, args.streams, baseline))
+    if args.plot_dir:
+        runs = {"subtag serve": steps}
+        if baseline:
+            runs["bare relay (baseline)"] = baseline
+        for path in write_plots(Path(args.plot_dir), runs):
+            print(f"plot written to {path}")
     return 0
 
 
@@ -291,4 +432,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--ack", action="store_true", help="also send each done back on its ingest connection"
     )
+    parser.add_argument(
+        "--baseline", choices=("relay", "none"), default="relay", help="default: relay"
+    )
+    parser.add_argument("--plot-dir", default="artifacts/bench_service", help="'' for no plots")
     sys.exit(asyncio.run(main(parser.parse_args())))
