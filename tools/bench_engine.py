@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 from engine.decode import PrefixCache, greedy, score_labels  # noqa: E402
 from engine.prompts import CLASSIFY, select_context  # noqa: E402
 from engine.session import OrtCausalLM, SessionOptions  # noqa: E402
+from stream.progress import progress_bar  # noqa: E402
 
 SAMPLES = Path("/work/shared/samples/cases.jsonl")
 LABELS = ("说话", "音乐", "动作")
@@ -469,43 +470,56 @@ def main(argv: list[str] | None = None) -> int:
         for seq in range(first, first + count):
             prompts.append(builder.build(lines[seq - CONTEXT_LINES : seq], lines[seq])[0])
 
-    if "a" in args.modes:
-        results.append(
-            run_hf_generate(args.model_dir, prompts, args.new_tokens, args.threads, warmup)
-        )
-    if "b" in args.modes:
-        model = OrtCausalLM.from_export(args.export_dir, SessionOptions(variant="main", **options))
-        results.append(
-            run_engine_greedy(
-                "b",
-                f"engine fp32 greedy ({model.provider})",
-                model,
-                prompts,
-                args.new_tokens,
-                warmup,
-                4,
+    has_optimum = importlib.util.find_spec("optimum") is not None
+    wanted = [m for m in args.modes if m in "abcd" or (m == "e" and has_optimum)]
+    with progress_bar(f"benchmark modes {''.join(wanted)}", total=len(wanted)) as advance:
+        if "a" in args.modes:
+            results.append(
+                run_hf_generate(args.model_dir, prompts, args.new_tokens, args.threads, warmup)
             )
-        )
-        del model
-    if "c" in args.modes or "d" in args.modes:
-        int8 = OrtCausalLM.from_export(args.export_dir, SessionOptions(variant="int8", **options))
-        if "c" in args.modes:
+            advance(1)
+        if "b" in args.modes:
+            model = OrtCausalLM.from_export(
+                args.export_dir, SessionOptions(variant="main", **options)
+            )
             results.append(
                 run_engine_greedy(
-                    "c",
-                    f"engine int8 greedy ({int8.provider})",
-                    int8,
+                    "b",
+                    f"engine fp32 greedy ({model.provider})",
+                    model,
                     prompts,
                     args.new_tokens,
                     warmup,
-                    1,
+                    4,
                 )
             )
-        if "d" in args.modes:
-            results.append(run_engine_scoring(int8, lines, first, count, builder))
-    has_optimum = importlib.util.find_spec("optimum") is not None
-    if has_optimum and "e" in args.modes:
-        results.append(run_optimum(args.model_dir, prompts, args.new_tokens, args.threads, warmup))
+            advance(1)
+            del model
+        if "c" in args.modes or "d" in args.modes:
+            int8 = OrtCausalLM.from_export(
+                args.export_dir, SessionOptions(variant="int8", **options)
+            )
+            if "c" in args.modes:
+                results.append(
+                    run_engine_greedy(
+                        "c",
+                        f"engine int8 greedy ({int8.provider})",
+                        int8,
+                        prompts,
+                        args.new_tokens,
+                        warmup,
+                        1,
+                    )
+                )
+                advance(1)
+            if "d" in args.modes:
+                results.append(run_engine_scoring(int8, lines, first, count, builder))
+                advance(1)
+        if has_optimum and "e" in args.modes:
+            results.append(
+                run_optimum(args.model_dir, prompts, args.new_tokens, args.threads, warmup)
+            )
+            advance(1)
     text = report(results, limits, args)
     print(
         f"SeqGPT engine benchmark: {args.export_dir.name}, {count} lines/mode (+{warmup} warm-up), "
