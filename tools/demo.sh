@@ -3,5 +3,6 @@
 # a live table of events. Extra arguments go to `subtag demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/setup.sh
+# The demo needs no browser: skip installing Chromium for the viewer test.
+SUBTAG_SKIP_BROWSER=1 tools/setup.sh
 exec .venv/bin/subtag demo "$@"
