@@ -89,22 +89,7 @@ class TorchCausalLM:
     def __init__(self, model: Any, tokenizer: Any = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        config = model.config
-        gen = None
-        if tokenizer is not None:
-            gen_id = tokenizer.convert_tokens_to_ids("[GEN]")
-            gen = None if gen_id in (None, tokenizer.unk_token_id) else int(gen_id)
-        self.config = ModelShape(
-            n_layer=int(config.n_layer),
-            n_head=int(config.n_head),
-            head_dim=int(config.hidden_size) // int(config.n_head),
-            hidden_size=int(config.hidden_size),
-            vocab_size=int(config.vocab_size),
-            bos_id=int(config.bos_token_id if config.bos_token_id is not None else 1),
-            eos_id=int(config.eos_token_id if config.eos_token_id is not None else 2),
-            pad_id=int(config.pad_token_id if config.pad_token_id is not None else 3),
-            gen_id=gen,
-        )
+        self.config = ModelShape.of(model.config, tokenizer)
 
     @classmethod
     def from_pretrained(cls, source: str | Path, *, threads: int | None = None) -> TorchCausalLM:

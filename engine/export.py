@@ -205,23 +205,6 @@ def _weights_hash(model: Any) -> str:
     )
 
 
-def _shape_of(model: Any, tokenizer: Any) -> ModelShape:
-    config = model.config
-    gen = tokenizer.convert_tokens_to_ids("[GEN]")
-    gen_id = None if gen is None or gen == tokenizer.unk_token_id else int(gen)
-    return ModelShape(
-        n_layer=int(config.n_layer),
-        n_head=int(config.n_head),
-        head_dim=int(config.hidden_size) // int(config.n_head),
-        hidden_size=int(config.hidden_size),
-        vocab_size=int(config.vocab_size),
-        bos_id=int(config.bos_token_id if config.bos_token_id is not None else 1),
-        eos_id=int(config.eos_token_id if config.eos_token_id is not None else 2),
-        pad_id=int(config.pad_token_id if config.pad_token_id is not None else 3),
-        gen_id=gen_id,
-    )
-
-
 def _trace(model: Any, shape: ModelShape, path: Path, opset: int, dtype: str) -> None:
     import onnx
     import torch
@@ -348,7 +331,7 @@ def parity_check(
     import onnxruntime as ort
     import torch
 
-    shape = _shape_of(model, tokenizer)
+    shape = ModelShape.of(model.config, tokenizer)
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     width = max(len(ids) for ids in encoded)
     ids = np.full((len(encoded), width), shape.pad_id, dtype=np.int64)
@@ -448,7 +431,7 @@ def export_model(
             model, tokenizer = _load_model(source)
         with steps.step("hashing the weights"):
             weights_sha = _weights_hash(model)
-        shape = _shape_of(model, tokenizer)
+        shape = ModelShape.of(model.config, tokenizer)
         with steps.step(f"copying the tokenizer and config to {out}"):
             tokenizer.save_pretrained(out)
             model.config.save_pretrained(out)

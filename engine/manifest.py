@@ -69,6 +69,33 @@ class ModelShape:
     pad_id: int
     gen_id: int | None = None
 
+    @classmethod
+    def of(cls, config: Any, tokenizer: Any = None) -> ModelShape:
+        """Read the shape from a transformers BLOOM config and (optionally) its tokenizer.
+
+        Special ids missing from the config default to BLOOM's (bos 1, eos 2, pad 3); ``gen_id``
+        is ``None`` without a tokenizer or when ``[GEN]`` is not a known token.
+        """
+        gen_id = None
+        if tokenizer is not None:
+            gen = tokenizer.convert_tokens_to_ids("[GEN]")
+            gen_id = None if gen is None or gen == tokenizer.unk_token_id else int(gen)
+
+        def special(value: Any, default: int) -> int:
+            return int(value if value is not None else default)
+
+        return cls(
+            n_layer=int(config.n_layer),
+            n_head=int(config.n_head),
+            head_dim=int(config.hidden_size) // int(config.n_head),
+            hidden_size=int(config.hidden_size),
+            vocab_size=int(config.vocab_size),
+            bos_id=special(config.bos_token_id, 1),
+            eos_id=special(config.eos_token_id, 2),
+            pad_id=special(config.pad_token_id, 3),
+            gen_id=gen_id,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class HeadRecord:
