@@ -35,7 +35,7 @@ from stream.config import MqttConfig, ServiceConfig
 from stream.errors import ConfigError
 from stream.metrics import ServiceMetrics
 from stream.pipeline import Pipeline
-from stream.schema import ErrorCode, decode_input
+from stream.schema import ErrorCode, decode_input, input_refusal
 from stream.window import RecentKeys
 from stream.ws import valid_stream
 
@@ -196,12 +196,8 @@ class MqttBridge:
         else:
             try:
                 line = decode_input(bytes(payload))
-            except UnicodeDecodeError:
-                refused = ErrorCode.BAD_ENCODING, "the payload is not UTF-8"
-            except msgspec.ValidationError as exc:
-                refused = ErrorCode.BAD_MESSAGE, f"bad input message: {exc}"
-            except msgspec.DecodeError as exc:
-                refused = ErrorCode.BAD_JSON, f"malformed JSON: {exc}"
+            except (UnicodeDecodeError, msgspec.DecodeError) as exc:
+                refused = input_refusal(exc)
             else:
                 seq = line.seq
                 if seq is not None and not self._seen.add((stream, seq)):

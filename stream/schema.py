@@ -27,6 +27,7 @@ __all__ = [
     "encode",
     "encode_str",
     "event_kind",
+    "input_refusal",
 ]
 
 
@@ -203,6 +204,15 @@ def decode_input(payload: bytes | str) -> InputLine:
     if text.lstrip().startswith("{"):
         return _INPUT_DECODER.decode(text)
     return InputLine(text=text)
+
+
+def input_refusal(exc: UnicodeDecodeError | msgspec.DecodeError) -> tuple[str, str]:
+    """The ``(code, message)`` an adapter answers when :func:`decode_input` raised ``exc``."""
+    if isinstance(exc, UnicodeDecodeError):
+        return ErrorCode.BAD_ENCODING, "the payload is not UTF-8"
+    if isinstance(exc, msgspec.ValidationError):  # a DecodeError too: test it first
+        return ErrorCode.BAD_MESSAGE, f"bad input message: {exc}"
+    return ErrorCode.BAD_JSON, f"malformed JSON: {exc}"
 
 
 def decode_outbound(payload: bytes | str) -> OutboundMessage:

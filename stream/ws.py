@@ -39,7 +39,7 @@ from stream.fanout import Fanout, Filter, Subscriber
 from stream.limits import RateLimiter
 from stream.metrics import CONTENT_TYPE, ServiceMetrics
 from stream.pipeline import Pipeline
-from stream.schema import ErrorCode, decode_input
+from stream.schema import ErrorCode, decode_input, input_refusal
 
 __all__ = ["STREAM_ID", "WebSocketFrontend", "valid_stream"]
 
@@ -310,10 +310,8 @@ class WebSocketFrontend:
                 else:
                     try:
                         line = decode_input(message)
-                    except msgspec.ValidationError as exc:
-                        refused = ErrorCode.BAD_MESSAGE, f"bad input message: {exc}"
                     except msgspec.DecodeError as exc:
-                        refused = ErrorCode.BAD_JSON, f"malformed JSON: {exc}"
+                        refused = input_refusal(exc)
                     else:
                         seq = line.seq
                         refused = pipeline.submit(stream, line, received, reply)
