@@ -249,6 +249,20 @@ class _Collector:
         return report
 
 
+async def _await_probe(
+    collector: _Collector, reader: asyncio.Task[None], where: str, hint: str = ""
+) -> None:
+    """Wait for the probe line's answer, so no counted line can precede the subscription."""
+    try:
+        async with asyncio.timeout(_PROBE_TIMEOUT_S):
+            await collector.probe_seen.wait()
+    except TimeoutError:
+        reader.cancel()
+        raise ConnectionError(
+            f"the probe line never came back {where} within {_PROBE_TIMEOUT_S:g} s{hint}"
+        ) from None
+
+
 def _line(stream_index: int, seq: int) -> str:
     text = LINES[(stream_index + seq) % len(LINES)]
     return encode_str(InputLine(text=text, seq=seq))
@@ -391,14 +405,7 @@ async def _run_ws(
                 connect(f"{base}/ingest/{collector.probe}", additional_headers=headers)
             )
             await probe.send(_line(0, 0))
-            try:
-                async with asyncio.timeout(_PROBE_TIMEOUT_S):
-                    await collector.probe_seen.wait()
-            except TimeoutError:
-                reader.cancel()
-                raise ConnectionError(
-                    f"the probe line never came back on {base}/events within {_PROBE_TIMEOUT_S:g} s"
-                ) from None
+            await _await_probe(collector, reader, f"on {base}/events")
             sockets: dict[str, ClientConnection] = {}
             for name in names:
                 ws = await stack.enter_async_context(
@@ -467,15 +474,9 @@ async def _run_mqtt(
         async with asyncio.TaskGroup() as group:
             reader = group.create_task(read(), name="load-mqtt-read")
             await client.publish(f"{prefix}/{collector.probe}/lines", _line(0, 0), qos=1)
-            try:
-                async with asyncio.timeout(_PROBE_TIMEOUT_S):
-                    await collector.probe_seen.wait()
-            except TimeoutError:
-                reader.cancel()
-                raise ConnectionError(
-                    f"the probe line never came back on {prefix}/+/done within "
-                    f"{_PROBE_TIMEOUT_S:g} s: is the service bridged to {url}?"
-                ) from None
+            await _await_probe(
+                collector, reader, f"on {prefix}/+/done", f": is the service bridged to {url}?"
+            )
 
             async def send(stream: str, frame: str) -> None:
                 await client.publish(f"{prefix}/{stream}/lines", frame, qos=1)
